@@ -1,0 +1,5 @@
+"""`python -m charrnn` runs the CLI. Nothing else."""
+
+from charrnn.cli import main
+
+main()

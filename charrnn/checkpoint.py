@@ -1,0 +1,157 @@
+"""The only module that calls torch.save / torch.load: atomic writes, weights-only loads, finding runs.
+
+A checkpoint is one dict of plain data (tensors, numbers, strings, lists, dicts) so that
+``torch.load(path, weights_only=True)`` reads it on any machine without running any code from it.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from charrnn.config import ModelConfig, from_dict
+from charrnn.errors import CharRNNError
+from charrnn.model import CharRNN
+from charrnn.vocab import Vocab
+
+FORMAT = "charrnn"
+FORMAT_VERSION = 1
+RUNS_DIR = Path("checkpoints")
+BUNDLED = Path(__file__).parent / "pretrained" / "shakespeare.pt"
+
+
+def save(payload: dict[str, Any], path: Path) -> None:
+    """Write all or nothing: a reader, or a crash at any moment, sees the old file or the new one.
+
+    The bytes go to a temporary file in the same folder (same filesystem, so the rename is atomic),
+    are flushed and fsynced, then renamed over the target; the folder is fsynced so the rename lasts.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save({"format": FORMAT, "version": FORMAT_VERSION, **payload}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise CharRNNError(f"could not write checkpoint {path}: {e.strerror or e} (free some disk space "
+                           "or choose another --out); the previous checkpoint is kept") from None
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return  # not possible on every platform (Windows); the rename itself is still atomic
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def load(path: Path) -> dict[str, Any]:
+    """Read a checkpoint with weights_only=True onto the CPU, with one clear error per way it can be bad."""
+    path = Path(path)
+    if not path.exists():
+        raise CharRNNError(f"checkpoint not found: {path} (train one with `charrnn train`)")
+    if path.is_dir():
+        raise CharRNNError(f"{path} is a folder with no best.pt or last.pt in it (train one with `charrnn train`)")
+    if path.stat().st_size == 0:
+        raise CharRNNError(f"checkpoint {path} is empty (0 bytes): it was never fully written; use another one")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if "weights_only" in str(e) or "global" in str(e).lower():
+            raise CharRNNError(f"refusing to load {path}: it holds code or objects, not plain data, and "
+                               "charrnn only loads weights (never open checkpoints you do not trust)") from None
+        raise CharRNNError(f"{path} is not a readable checkpoint ({first})") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, KeyError, IndexError) as e:
+        first = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
+        raise CharRNNError(f"{path} is not a readable checkpoint: truncated or corrupt ({first})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise CharRNNError(f"{path} is a torch file but not a charrnn checkpoint")
+    version = ckpt.get("version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise CharRNNError(f"{path} has checkpoint format {version!r}, newer than this charrnn understands "
+                           f"({FORMAT_VERSION}): upgrade charrnn (pip install -U charrnn)")
+    for key in ("model_config", "model", "vocab"):
+        if key not in ckpt:
+            raise CharRNNError(f"{path} is not a complete charrnn checkpoint: it has no {key!r}")
+    return ckpt
+
+
+def build_model(ckpt: dict[str, Any], path: Path | str = "checkpoint") -> tuple[CharRNN, Vocab]:
+    """The model and vocabulary a checkpoint describes, weights loaded, on the CPU."""
+    try:
+        vocab = Vocab(ckpt["vocab"])
+        cfg = from_dict(ModelConfig, ckpt["model_config"])
+        model = CharRNN(cfg)
+        model.load_state_dict(ckpt["model"])
+    except (CharRNNError, RuntimeError, TypeError, KeyError) as e:
+        first = str(e).strip().splitlines()[0][:160]
+        raise CharRNNError(f"{path}: its weights do not match its model config ({first})") from None
+    if cfg.vocab_size != len(vocab):
+        raise CharRNNError(f"{path}: vocabulary of {len(vocab)} characters but a model for {cfg.vocab_size}")
+    return model, vocab
+
+
+def newest_run(root: Path = RUNS_DIR) -> Path | None:
+    """The checkpoint of the most recently written run folder under `root` (its best.pt, else last.pt)."""
+    if not root.is_dir():
+        return None
+    found = [f for d in root.iterdir() if d.is_dir() for f in (d / "best.pt", d / "last.pt") if f.is_file()]
+    if not found:
+        return None
+    newest = max(found, key=lambda f: f.stat().st_mtime).parent
+    return resolve(newest)
+
+
+def resolve(spec: Path | str | None, root: Path = RUNS_DIR) -> Path:
+    """--checkpoint as given (a file, or a run folder meaning its best.pt), else the newest run, else
+    the model bundled with the package."""
+    if spec is not None:
+        p = Path(spec)
+        if p.is_dir():
+            for name in ("best.pt", "last.pt"):
+                if (p / name).is_file():
+                    return p / name
+        return p
+    if (found := newest_run(root)) is not None:
+        return found
+    if BUNDLED.is_file():
+        return BUNDLED
+    raise CharRNNError(f"no checkpoint found under ./{root} (train one first: `charrnn train`, or pass "
+                       "--checkpoint PATH)")
+
+
+def describe(path: Path) -> dict[str, Any]:
+    """What `charrnn info` shows: enough to know which model this is and how far it trained."""
+    ckpt = load(path)
+    model, vocab = build_model(ckpt, path)
+    cfg = model.cfg
+    from charrnn.model import count_parameters
+
+    best = ckpt.get("best_val")
+    corpus = ckpt.get("corpus") or {}
+    return {
+        "model": f"{cfg.model} {cfg.layers}x{cfg.hidden} (embed {cfg.embed}, dropout {cfg.dropout}"
+                 f"{', tied' if cfg.tie_weights else ''})",
+        "parameters": f"{count_parameters(model):,}",
+        "vocabulary": f"{len(vocab)} characters: {vocab.preview()}",
+        "steps": f"{ckpt.get('step', 0):,}",
+        "training time": f"{ckpt.get('elapsed', 0.0):,.1f} s",
+        "best val loss": "n/a" if best is None else f"{best:.4f} nats/char ({best / 0.6931471805599453:.4f} bpc)",
+        "corpus": f"{corpus.get('path', '?')} ({corpus.get('size', 0):,} bytes)",
+        "bundled": "yes (the model shipped with charrnn)" if Path(path).resolve() == BUNDLED.resolve() else "no",
+    }

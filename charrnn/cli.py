@@ -1,0 +1,247 @@
+"""The command line: typer commands that turn flags into configs, make one library call, and render.
+
+Progress, tables and diagnostics go to stderr; sampled text (and `eval --json`) alone goes to stdout.
+This is the only place that catches CharRNNError: one red line, exit 1.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from charrnn.config import DEFAULT_MINUTES, ModelConfig, SampleConfig, TrainConfig
+from charrnn.errors import CharRNNError
+
+def _usage_error_types() -> tuple[type[Exception], ...]:
+    """Typer >= 0.2x vendors click and raises its own exception types; older typer raises click's."""
+    found: list[type[Exception]] = []
+    if hasattr(typer, "TyperException"):
+        found.append(typer.TyperException)
+    try:
+        import click
+
+        found.append(click.ClickException)
+    except ImportError:
+        pass
+    return tuple(found)
+
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Character-level LSTM/GRU/RNN language models: train on any UTF-8 text, sample, evaluate.",
+)
+err = Console(stderr=True, soft_wrap=True)
+out = Console(soft_wrap=True)
+
+CheckpointOpt = Annotated[
+    Optional[Path],
+    typer.Option("--checkpoint", "-c", help="A .pt file, or a run folder (its best.pt). Default: the newest "
+                 "run under ./checkpoints, else the bundled Shakespeare model."),
+]
+
+
+def _given(**flags: Any) -> dict[str, Any]:
+    """Only the flags the user typed: the rest comes from the config defaults or the resumed checkpoint."""
+    return {k: v for k, v in flags.items() if v is not None}
+
+
+@app.command()
+def train(
+    corpus: Annotated[Optional[Path], typer.Argument(help="UTF-8 text file. Default: corpora/shakespeare.txt.")] = None,
+    model: Annotated[Optional[str], typer.Option(help=f"lstm, gru or rnn (tanh). (default: {ModelConfig.model})")] = None,
+    layers: Annotated[Optional[int], typer.Option(help=f"Stacked recurrent layers. (default: {ModelConfig.layers})")] = None,
+    hidden: Annotated[Optional[int], typer.Option(help=f"Hidden units per layer. (default: {ModelConfig.hidden})")] = None,
+    embed: Annotated[Optional[int], typer.Option(help=f"Character embedding size. (default: {ModelConfig.embed})")] = None,
+    dropout: Annotated[Optional[float], typer.Option(help=f"Dropout on embeddings, between layers and before the output. (default: {ModelConfig.dropout})")] = None,
+    seq_len: Annotated[Optional[int], typer.Option(help=f"Truncated-BPTT window length. (default: {TrainConfig.seq_len})")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help=f"Contiguous streams per step, global across processes. (default: {TrainConfig.batch_size})")] = None,
+    lr: Annotated[Optional[float], typer.Option(help=f"Peak learning rate (warmup, then cosine decay to the end of the budget). (default: {TrainConfig.lr})")] = None,
+    weight_decay: Annotated[Optional[float], typer.Option(help=f"AdamW weight decay on matrices. (default: {TrainConfig.weight_decay})")] = None,
+    clip: Annotated[Optional[float], typer.Option(help=f"Global gradient-norm clip. (default: {TrainConfig.clip})")] = None,
+    steps: Annotated[Optional[int], typer.Option(help="Stop after this many steps (total, when resuming).")] = None,
+    minutes: Annotated[Optional[float], typer.Option(help=f"Wall-clock budget; stops at whichever of --steps/--minutes comes first. (default: {DEFAULT_MINUTES:g} if --steps is not given)")] = None,
+    val_frac: Annotated[Optional[float], typer.Option(help=f"Fraction at the end of the corpus held out for validation. (default: {TrainConfig.val_frac})")] = None,
+    eval_every: Annotated[Optional[int], typer.Option(help=f"Validate and save every N steps. (default: {TrainConfig.eval_every})")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Run folder. (default: checkpoints/<corpus name>, numbered if taken)")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out (or checkpoints/<corpus name>) from its last.pt.")] = False,
+    device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda or mps. (default: auto)")] = None,
+    precision: Annotated[Optional[str], typer.Option(help="auto, fp32, bf16 or fp16 (GPU). auto: bf16 where the hardware has it. (default: auto)")] = None,
+    seed: Annotated[Optional[int], typer.Option(help=f"Random seed. (default: {TrainConfig.seed})")] = None,
+) -> int:
+    """Train a character-level model on a text file, saving best.pt and last.pt in the run folder."""
+    from charrnn.train import train as run_training
+
+    model_flags = _given(model=model, layers=layers, hidden=hidden, embed=embed, dropout=dropout)
+    train_flags = _given(seq_len=seq_len, batch_size=batch_size, lr=lr, weight_decay=weight_decay, clip=clip,
+                         steps=steps, minutes=minutes, val_frac=val_frac, eval_every=eval_every, device=device,
+                         precision=precision, seed=seed)
+    with TrainDisplay(err) as display:
+        result = run_training(corpus, model_flags, train_flags, out, resume, display.update)
+    display.summary(result)
+    if result.signal:
+        err.print(f"[yellow]stopped at step {result.step}[/]; resume with: "
+                  f"[bold]{escape(shlex.join(['charrnn', 'train', '--resume', '--out', str(result.run_dir)]))}[/]")
+        return 128 + result.signal
+    return 0
+
+
+@app.command()
+def sample(
+    checkpoint: CheckpointOpt = None,
+    temp: Annotated[float, typer.Option(help="Temperature; 0 means greedy (always the likeliest character).")] = SampleConfig.temp,
+    length: Annotated[int, typer.Option(help="Characters to generate, not counting the prime.")] = SampleConfig.length,
+    prime: Annotated[Optional[str], typer.Option(help="Text to start from (warms the state). (default: a newline)")] = None,
+    top_k: Annotated[Optional[int], typer.Option(help="Sample only among the k likeliest characters.")] = None,
+    top_p: Annotated[Optional[float], typer.Option(help="Sample only among the likeliest characters whose probabilities sum to p.")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Same seed, same text.")] = None,
+    num: Annotated[int, typer.Option(help="Independent samples, generated together as one batch.")] = SampleConfig.num,
+    device: Annotated[str, typer.Option(help="cpu (fastest for a few streams), cuda, mps or auto.")] = "cpu",
+) -> int:
+    """Generate text from a trained model, streaming it to stdout."""
+    from charrnn import checkpoint as ckpt_io
+    from charrnn.devices import pick_device
+    from charrnn.sample import generate
+
+    cfg = SampleConfig(**_given(temp=temp, length=length, prime=prime, top_k=top_k, top_p=top_p, seed=seed, num=num))
+    dev = pick_device(device)
+    path = ckpt_io.resolve(checkpoint)
+    err.print(f"[dim]model: {escape(str(path))}[/]")
+    model, vocab = ckpt_io.build_model(ckpt_io.load(path), path)
+    model.to(dev).eval()
+    unknown = vocab.unknown(cfg.prime)
+    if unknown:
+        err.print(f"[yellow]warning:[/] prime characters not in the model's vocabulary were skipped: "
+                  f"{escape(repr(unknown))}")
+    echo = "".join(c for c in cfg.prime if c in vocab) if prime is not None else ""
+    stream = sys.stdout
+    interactive = stream.isatty()
+    if cfg.num == 1:
+        stream.write(echo)
+        for chars in generate(model, vocab, cfg):
+            stream.write(chars[0])
+            if interactive:
+                stream.flush()
+        stream.write("\n")
+    else:
+        texts = [[] for _ in range(cfg.num)]
+        for chars in generate(model, vocab, cfg):
+            for buf, c in zip(texts, chars):
+                buf.append(c)
+        for i, buf in enumerate(texts, 1):
+            stream.write(f"{'' if i == 1 else chr(10)}=== sample {i}/{cfg.num} ===\n{echo}{''.join(buf)}\n")
+    stream.flush()
+    return 0
+
+
+@app.command("eval")
+def eval_(
+    file: Annotated[Optional[Path], typer.Argument(help="Text to score. Default: the validation split of the run's corpus.")] = None,
+    checkpoint: CheckpointOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout instead of a table.")] = False,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto",
+) -> int:
+    """Score a text: nats/char, bits/char and perplexity."""
+    from charrnn import checkpoint as ckpt_io
+    from charrnn.evaluate import evaluate_checkpoint
+
+    path = ckpt_io.resolve(checkpoint)
+    report = evaluate_checkpoint(path, file, device, warn=lambda msg: err.print(f"[yellow]warning:[/] {escape(msg)}"))
+    if as_json:
+        out.print_json(json.dumps(report))
+        return 0
+    table = Table(title=f"{report['text']}", show_header=False)
+    for key in ("chars", "nats_per_char", "bits_per_char", "perplexity", "skipped_unknown"):
+        value = report[key]
+        table.add_row(key.replace("_", " "), f"{value:,}" if isinstance(value, int) else f"{value:.4f}")
+    out.print(table)
+    return 0
+
+
+@app.command()
+def info(checkpoint: CheckpointOpt = None) -> int:
+    """Describe a checkpoint: model, size, vocabulary, training so far."""
+    from charrnn import checkpoint as ckpt_io
+
+    path = ckpt_io.resolve(checkpoint)
+    table = Table(title=escape(str(path)), show_header=False)
+    for key, value in ckpt_io.describe(path).items():
+        table.add_row(key, escape(str(value)))
+    out.print(table)
+    return 0
+
+
+class TrainDisplay:
+    """A rich progress bar on stderr fed by the training loop's events, then a summary table."""
+
+    def __init__(self, console: Console) -> None:
+        from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn, \
+            TimeRemainingColumn
+
+        self.console = console
+        self.progress = Progress(
+            TextColumn("[bold]train[/]"), BarColumn(), TaskProgressColumn(), TextColumn("{task.fields[step]}"),
+            TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[stats]}"),
+            console=console, transient=False, refresh_per_second=4,
+        )
+        self.task = self.progress.add_task("train", total=1.0, step="", stats="")
+        self.val = ""
+
+    def __enter__(self) -> "TrainDisplay":
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def update(self, event: Any) -> None:
+        if event.kind == "notice":
+            self.progress.console.print(f"[yellow]{escape(event.message)}[/]")
+            return
+        if event.kind == "eval" and event.val is not None:
+            self.val = f"val {event.val.nats_per_char:.3f} ({event.val.bits_per_char:.3f} bpc)"
+            self.progress.console.print(
+                f"step {event.step:>6}  train {event.loss or float('nan'):.3f}  {self.val}  "
+                f"lr {event.lr:.2e}  {event.chars_per_s:,.0f} chars/s", highlight=False)
+        steps = f"step {event.step}" + (f"/{event.total_steps}" if event.total_steps else "")
+        loss = f"loss {event.loss:.3f}" if event.loss is not None else ""
+        stats = "  ".join(x for x in (loss, self.val, f"{event.chars_per_s:,.0f} chars/s") if x)
+        self.progress.update(self.task, completed=event.progress, step=steps, stats=stats)
+
+    def summary(self, result: Any) -> None:
+        table = Table(title="training summary", show_header=False)
+        if result.best_val is not None:
+            table.add_row("best val loss", f"{result.best_val:.4f} nats/char ({result.best_val / 0.6931471805599453:.4f} bpc)")
+        if result.last_val is not None:
+            table.add_row("last val loss", f"{result.last_val.nats_per_char:.4f} nats/char")
+        table.add_row("steps", f"{result.step:,}")
+        table.add_row("time", f"{result.elapsed:,.1f} s")
+        table.add_row("checkpoints", escape(f"{result.run_dir}/best.pt, {result.run_dir}/last.pt"))
+        self.console.print(table)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the app, turning every expected failure into one line on stderr and an exit code."""
+    try:
+        code = app(args=argv, standalone_mode=False)
+    except CharRNNError as e:
+        err.print(f"[bold red]error:[/] {escape(str(e))}")
+        sys.exit(1)
+    except _usage_error_types() as e:
+        ctx = getattr(e, "ctx", None)
+        command = ctx.command_path if ctx is not None else "charrnn"
+        err.print(f"[bold red]error:[/] {escape(e.format_message())} (see `{command} --help`)")
+        sys.exit(getattr(e, "exit_code", 2))
+    except (typer.Abort, KeyboardInterrupt):
+        err.print("[yellow]interrupted[/]")
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)

@@ -1,0 +1,134 @@
+"""Frozen configuration dataclasses: the single home of every default, each with its reason.
+
+Validation lives in ``__post_init__`` and names the command-line flag a user would change, so a bad
+value is reported the same way whether it came from the CLI, a checkpoint or Python code.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from charrnn.errors import CharRNNError
+
+CELL_TYPES = ("lstm", "gru", "rnn")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise CharRNNError(message)
+
+
+def _positive_int(value: Any, flag: str) -> None:
+    _check(isinstance(value, int) and value >= 1, f"{flag} must be a whole number >= 1, got {value!r}")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """What a CharRNN is; stored in every checkpoint so a model can be rebuilt without its corpus."""
+
+    model: str = "lstm"  # LSTM trains best of the three cells on character data (Karpathy 2015).
+    vocab_size: int = 0  # Filled in from the corpus; 0 only before the corpus is read.
+    layers: int = 2  # Two layers beat one clearly; a third costs time a CPU budget cannot repay.
+    hidden: int = 512  # Measured best for a 5-minute CPU budget (benchmarks/README.md).
+    embed: int = 128  # Characters need few dimensions; the input matmul stays cheap.
+    dropout: float = 0.1  # Light: a few-minute run barely overfits tiny-shakespeare.
+    tie_weights: bool = False  # Sharing embedding and output weights needs embed == hidden.
+
+    def __post_init__(self) -> None:
+        _check(self.model in CELL_TYPES, f"--model must be one of {', '.join(CELL_TYPES)}, got {self.model!r}")
+        _check(isinstance(self.vocab_size, int) and self.vocab_size >= 0, "vocab_size must be >= 0")
+        _positive_int(self.layers, "--layers")
+        _positive_int(self.hidden, "--hidden")
+        _positive_int(self.embed, "--embed")
+        _check(0.0 <= self.dropout < 1.0, f"--dropout must be in [0, 1), got {self.dropout}")
+        _check(
+            not self.tie_weights or self.embed == self.hidden,
+            f"tied weights need --embed equal to --hidden, got {self.embed} and {self.hidden}",
+        )
+
+    @property
+    def gates(self) -> int:
+        """Gate blocks per layer in torch's weight layout: LSTM i,f,g,o; GRU r,z,n; RNN one."""
+        return {"lstm": 4, "gru": 3, "rnn": 1}[self.model]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How to train; stored in checkpoints so that --resume continues the same schedule."""
+
+    seq_len: int = 128  # Window length of truncated BPTT; state still flows across windows.
+    batch_size: int = 64  # Contiguous streams per step (global across ranks): keeps the CPU's matmuls wide.
+    lr: float = 3e-3  # Peak AdamW learning rate; high is fine with warmup and clipping.
+    min_lr_frac: float = 0.05  # Cosine decay ends at this fraction of --lr when the budget runs out.
+    warmup_steps: int = 50  # Linear warmup: Adam's early steps are noisy at a high rate.
+    weight_decay: float = 0.01  # Decoupled (AdamW), on matrices only; a mild regulariser.
+    clip: float = 1.0  # Global gradient-norm clip: RNN gradients occasionally explode.
+    steps: int | None = None  # Optimizer steps; None means only --minutes bounds the run.
+    minutes: float | None = None  # Wall-clock budget; None with no --steps means DEFAULT_MINUTES.
+    val_frac: float = 0.1  # Last 10% is validation, the split nanoGPT's shakespeare_char uses.
+    eval_every: int = 200  # Steps between validations: about a minute on a 2-core CPU.
+    seed: int = 1337  # Fixed so two runs with the same flags are the same run.
+    device: str = "auto"  # cuda, then mps, then cpu.
+    precision: str = "auto"  # bf16 autocast where the hardware has it, fp32 elsewhere.
+
+    def __post_init__(self) -> None:
+        _positive_int(self.seq_len, "--seq-len")
+        _positive_int(self.batch_size, "--batch-size")
+        _check(self.lr > 0 and math.isfinite(self.lr), f"--lr must be a positive number, got {self.lr}")
+        _check(0.0 <= self.min_lr_frac <= 1.0, "min_lr_frac must be in [0, 1]")
+        _check(self.warmup_steps >= 0, "warmup_steps must be >= 0")
+        _check(self.weight_decay >= 0, f"--weight-decay must be >= 0, got {self.weight_decay}")
+        _check(self.clip > 0, f"--clip must be > 0, got {self.clip}")
+        _check(self.steps is None or (isinstance(self.steps, int) and self.steps >= 1),
+               f"--steps must be >= 1, got {self.steps}")
+        _check(self.minutes is None or self.minutes > 0, f"--minutes must be > 0, got {self.minutes}")
+        _check(0.0 <= self.val_frac < 0.5, f"--val-frac must be in [0, 0.5), got {self.val_frac}")
+        _positive_int(self.eval_every, "--eval-every")
+        _check(self.device in DEVICES, f"--device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+        _check(self.precision in PRECISIONS,
+               f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+
+    @property
+    def budget_seconds(self) -> float | None:
+        """The wall-clock budget in force: --minutes, else DEFAULT_MINUTES unless --steps was given."""
+        if self.minutes is not None:
+            return self.minutes * 60.0
+        return None if self.steps is not None else DEFAULT_MINUTES * 60.0
+
+
+DEFAULT_MINUTES = 5.0  # With neither --steps nor --minutes, a run is a coffee break long.
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    """How to generate text from a trained model."""
+
+    temp: float = 0.8  # Below 1 trades a little variety for far fewer misspellings; 0 is greedy.
+    length: int = 1000  # Characters generated, not counting the prime: a screenful or two.
+    prime: str = "\n"  # A newline starts the model at the beginning of a line, as after a speech.
+    top_k: int | None = None  # Off by default: temperature alone already reads well for characters.
+    top_p: float | None = None  # Off by default, as top_k.
+    seed: int | None = None  # None draws fresh randomness; a seed makes the text repeat exactly.
+    num: int = 1  # Independent samples, generated together as one batch.
+
+    def __post_init__(self) -> None:
+        _check(math.isfinite(self.temp) and self.temp >= 0, f"--temp must be >= 0, got {self.temp}")
+        _check(isinstance(self.length, int) and self.length >= 0, f"--length must be >= 0, got {self.length}")
+        _check(self.top_k is None or self.top_k >= 1, f"--top-k must be >= 1, got {self.top_k}")
+        _check(self.top_p is None or 0.0 < self.top_p <= 1.0, f"--top-p must be in (0, 1], got {self.top_p}")
+        _positive_int(self.num, "--num")
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """Plain-data form for checkpoints (weights-only loadable)."""
+    return asdict(cfg)
+
+
+def from_dict(cls: type, data: dict[str, Any]) -> Any:
+    """Rebuild a config, ignoring keys a newer version may have added and defaulting missing ones."""
+    names = {f.name for f in fields(cls)}
+    return cls(**{k: v for k, v in data.items() if k in names})

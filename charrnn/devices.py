@@ -1,0 +1,52 @@
+"""Device and precision choice: which hardware runs the model and in which autocast dtype."""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from charrnn.errors import CharRNNError
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """auto: cuda, then mps, then cpu. An explicit device that is not there is an error, not a fallback."""
+    has_mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "mps" if has_mps else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise CharRNNError("--device cuda was asked for but this torch sees no CUDA GPU "
+                           "(use --device cpu, or install a CUDA build of torch)")
+    if name == "mps" and not has_mps:
+        raise CharRNNError("--device mps was asked for but MPS is not available (use --device cpu)")
+    return torch.device(name)
+
+
+def cpu_has_fast_bf16() -> bool:
+    """Native bf16 matmul (AVX-512 BF16 or AMX): without it bf16 on a CPU is emulated and slower."""
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, c, lambda: False)() for c in checks)
+
+
+def pick_dtype(precision: str, device: torch.device) -> torch.dtype:
+    """The autocast compute dtype: bf16 where the hardware runs it natively, fp16 on older GPUs."""
+    if precision == "fp32":
+        return torch.float32
+    if precision == "bf16":
+        return torch.bfloat16
+    if precision == "fp16":
+        if device.type == "cpu":
+            raise CharRNNError("--precision fp16 is for GPUs; on a CPU use bf16 or fp32")
+        return torch.float16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cpu":
+        return torch.bfloat16 if cpu_has_fast_bf16() else torch.float32
+    return torch.float32
+
+
+def autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractContextManager:
+    """Mixed precision: matmuls in `dtype`, weights and the loss stay fp32 (master weights)."""
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)

@@ -1,0 +1,394 @@
+"""The training loop: TBPTT windows -> model -> loss -> clip -> AdamW -> schedule, with periodic
+validation, best/last checkpoints, step and time budgets, interruption, exact resume and several processes.
+
+It reports through a callback and returns numbers; it never parses flags or renders anything.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import math
+import os
+import signal
+import threading
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from charrnn import checkpoint, data
+from charrnn.config import ModelConfig, TrainConfig, from_dict, to_dict
+from charrnn.devices import autocast, pick_device, pick_dtype
+from charrnn.distributed import Dist
+from charrnn.errors import CharRNNError
+from charrnn.evaluate import EvalResult, evaluate
+from charrnn.model import CharRNN, State, detach_state
+from charrnn.runs import RunLock, ensure_writable, pick_run_dir
+
+DEFAULT_CORPUS = Path("corpora") / "shakespeare.txt"
+PACKAGED_CORPUS = Path(__file__).parent / "corpora" / "shakespeare.txt"
+EMA_DECAY = 0.98  # smoothing of the displayed train loss: about the last 50 steps
+BAD_STEPS_BEFORE_RESTORE = 3  # non-finite steps in a row before going back to the last good state
+MAX_RESTORES = 3  # restores (each halving the learning rate) before giving up
+
+
+@dataclass
+class TrainEvent:
+    """What the loop tells its caller: after every step ("step"), every validation ("eval"), and notices."""
+
+    kind: str
+    step: int
+    total_steps: int | None
+    progress: float  # fraction of the budget used, 0..1
+    elapsed: float
+    loss: float | None  # smoothed train loss, nats/char
+    lr: float
+    chars_per_s: float
+    val: EvalResult | None = None
+    best_val: float | None = None
+    message: str = ""
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    step: int
+    elapsed: float
+    best_val: float | None
+    last_val: EvalResult | None
+    signal: int | None  # the signal that stopped the run early, if one did
+    resumed: bool
+
+
+def resolve_corpus(corpus: str | os.PathLike | None) -> Path:
+    """The default corpus is ./corpora/shakespeare.txt, or the copy inside the package when run elsewhere."""
+    if corpus is not None:
+        return Path(corpus)
+    return DEFAULT_CORPUS if DEFAULT_CORPUS.exists() else PACKAGED_CORPUS
+
+
+def lr_at(cfg: TrainConfig, step: int, progress: float) -> float:
+    """Linear warmup over warmup_steps, then cosine decay to min_lr_frac * lr at the end of the budget."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    cosine = 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    return cfg.lr * (cfg.min_lr_frac + (1.0 - cfg.min_lr_frac) * cosine)
+
+
+def loss_fn(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy in fp32 whatever the autocast dtype: the loss is the master quantity."""
+    return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())  # (B*T, V) vs (B*T,)
+
+
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW; weight decay on matrices only (biases and gains are not regularised)."""
+    params = list(dict.fromkeys(model.parameters()))  # tied weights once
+    decay = [p for p in params if p.dim() >= 2]
+    rest = [p for p in params if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": rest, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.99))
+
+
+class StopSignals:
+    """SIGINT/SIGTERM only raise a flag, so the current step and any checkpoint write finish untouched
+    (a second Ctrl-C while saving changes nothing); the loop stops at the next step boundary."""
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> "StopSignals":
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.received = self.received or signum
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+def _merge(cls: type, saved: dict[str, Any] | None, flags: dict[str, Any], strict: bool, what: str) -> Any:
+    """Config from a checkpoint (if resuming) with flags on top; `strict` forbids changing saved values."""
+    if saved is None:
+        return cls(**flags)
+    base = from_dict(cls, saved)
+    for key, value in flags.items():
+        old = getattr(base, key)
+        if strict and value != old:
+            flag = "--" + key.replace("_", "-")
+            raise CharRNNError(f"{flag} {value} contradicts the {what} being resumed ({flag} {old}): "
+                               f"drop the flag to resume, or start a new run with --out")
+    return replace(base, **flags)
+
+
+class Trainer:
+    """One training run, start to finish. Holds the state that a checkpoint must capture to resume."""
+
+    def __init__(self, corpus: Path | None, model_flags: dict[str, Any], train_flags: dict[str, Any],
+                 out: str | os.PathLike | None, resume: bool, report: Callable[[TrainEvent], None] | None) -> None:
+        self.dist = Dist.from_env()
+        self.report = report if (report and self.dist.is_main) else (lambda event: None)
+        self.resumed = resume
+        corpus_path = resolve_corpus(corpus)
+        self.run_dir = pick_run_dir(out, corpus_path, resume)
+        self.saved: dict[str, Any] | None = None
+        if resume:
+            last = self.run_dir / "last.pt"
+            if not last.exists():
+                raise CharRNNError(f"nothing to resume in {self.run_dir}: it has no last.pt "
+                                   "(start a new run without --resume)")
+            self.saved = checkpoint.load(last)
+            if corpus is None:
+                corpus_path = Path(self.saved["corpus"]["path"])
+        self.cfg: TrainConfig = _merge(TrainConfig, self.saved and self.saved["train_config"],
+                                       train_flags, strict=False, what="run")
+        self.corpus = data.read_corpus(corpus_path)
+        vocab = self.corpus.vocab
+        if self.saved is not None and self.saved["vocab"] != vocab.chars:
+            raise CharRNNError(f"{corpus_path} has a different character set from the run in {self.run_dir}: "
+                               "resume with the corpus it was trained on")
+        model_flags = {**model_flags, "vocab_size": len(vocab)}
+        self.model_cfg: ModelConfig = _merge(ModelConfig, self.saved and self.saved["model_config"],
+                                             model_flags, strict=True, what="checkpoint")
+        train_ids, self.val_ids = data.split(self.corpus.ids, self.cfg.val_frac)
+        if self.cfg.val_frac > 0 and len(self.val_ids) < 2:
+            raise CharRNNError(f"the validation split has {len(self.val_ids)} characters: raise --val-frac, "
+                               "use a longer corpus, or pass --val-frac 0 to train without validation")
+        self.streams = data.Streams(train_ids, self.cfg.batch_size, self.cfg.seq_len,
+                                    self.dist.rank, self.dist.world)
+        self.device = self.dist.device or pick_device(self.cfg.device)
+        self.dtype = pick_dtype(self.cfg.precision, self.device)
+
+        torch.manual_seed(self.cfg.seed)
+        self.model = CharRNN(self.model_cfg).to(self.device)
+        self.opt = make_optimizer(self.model, self.cfg)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
+        self.step, self.prior_elapsed, self.best_val = 0, 0.0, None
+        self.loss_ema, self.loss_n, self.lr_scale = 0.0, 0, 1.0
+        self.last_val: EvalResult | None = None
+        self.state: State | None = None
+        if self.saved is not None:
+            self._restore(self.saved)
+        self.ddp_model = self.dist.wrap(self.model)
+        self._good = self._snapshot()
+
+    # ---- checkpoint contents -------------------------------------------------------------------
+    def _payload(self, carried: list[torch.Tensor] | None = None) -> dict[str, Any]:
+        payload = {
+            "model": self.model.state_dict(),
+            "model_config": to_dict(self.model_cfg),
+            "vocab": self.corpus.vocab.chars,
+            "train_config": to_dict(self.cfg),
+            "corpus": asdict(self.corpus.info),
+            "step": self.step,
+            "elapsed": self.elapsed(),
+            "best_val": self.best_val,
+            "last_val": None if self.last_val is None else asdict(self.last_val),
+            "precision": str(self.dtype).removeprefix("torch."),
+        }
+        if carried is not None:  # what --resume needs; best.pt leaves it out to stay small and shareable
+            payload["resume"] = {
+                "optimizer": self.opt.state_dict(),
+                "rng_torch": torch.get_rng_state(),
+                "rng_cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
+                "window": self.step % self.streams.windows,
+                "carried_state": carried,
+                "loss_ema": self.loss_ema,
+                "loss_n": self.loss_n,
+                "lr_scale": self.lr_scale,
+                "world": self.dist.world,
+            }
+        return payload
+
+    def _restore(self, ckpt: dict[str, Any]) -> None:
+        model, _ = checkpoint.build_model(ckpt, self.run_dir / "last.pt")
+        self.model.load_state_dict(model.state_dict())
+        res = ckpt.get("resume")
+        if res is None:
+            raise CharRNNError(f"{self.run_dir / 'last.pt'} has no resume state")
+        self.opt.load_state_dict(res["optimizer"])
+        torch.set_rng_state(res["rng_torch"])
+        if res["rng_cuda"] and self.device.type == "cuda":
+            torch.cuda.set_rng_state_all(res["rng_cuda"])
+        self.step, self.prior_elapsed = int(ckpt["step"]), float(ckpt["elapsed"])
+        self.best_val = ckpt["best_val"]
+        self.last_val = EvalResult(**ckpt["last_val"]) if ckpt["last_val"] else None
+        self.loss_ema, self.loss_n, self.lr_scale = res["loss_ema"], res["loss_n"], res["lr_scale"]
+        self.state = self.dist.scatter_state(res["carried_state"], self.device)
+
+    def _snapshot(self) -> tuple[dict, dict]:
+        return copy.deepcopy(self.model.state_dict()), copy.deepcopy(self.opt.state_dict())
+
+    # ---- the loop ------------------------------------------------------------------------------
+    def elapsed(self) -> float:
+        return self.prior_elapsed + (time.perf_counter() - self._t0)
+
+    def progress(self, elapsed: float) -> float:
+        budget, steps = self.cfg.budget_seconds, self.cfg.steps
+        return max(self.step / steps if steps else 0.0, elapsed / budget if budget else 0.0)
+
+    def _train_step(self, lr: float) -> float:
+        """One window of every stream; returns the loss, or nan when the update was skipped."""
+        x, y = self.streams.window(self.step)
+        if self.streams.starts_epoch(self.step) or self.state is None:
+            self.state = self.model.init_state(x.shape[0], self.device)
+        xt = torch.from_numpy(x).to(self.device, non_blocking=True)  # (B, T)
+        yt = torch.from_numpy(y).to(self.device, non_blocking=True)  # (B, T)
+        for group in self.opt.param_groups:
+            group["lr"] = lr
+        with autocast(self.device, self.dtype):
+            logits, new_state = self.ddp_model(xt, self.state)  # (B, T, V)
+        loss = loss_fn(logits, yt)
+        self.opt.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.opt)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip)
+        if not (torch.isfinite(loss) and torch.isfinite(grad_norm)):
+            self.state = None  # a poisoned state would poison the next window too
+            self.opt.zero_grad(set_to_none=True)
+            self.scaler.update()
+            return float("nan")
+        self.scaler.step(self.opt)
+        self.scaler.update()
+        self.state = detach_state(new_state)
+        return loss.item()
+
+    def _validate(self) -> EvalResult | None:
+        if self.cfg.val_frac == 0:
+            return None
+        part = self.dist.shard(self.val_ids)
+        local = evaluate(self.model, part, self.device, self.dtype)
+        return self.dist.reduce_eval(local)
+
+    def _save(self, val: EvalResult | None) -> None:
+        """last.pt always; best.pt when validation improved (or on every save with no validation)."""
+        if val is not None:
+            self.last_val = val
+        improved = val is not None and (self.best_val is None or val.nats_per_char < self.best_val)
+        if improved:
+            self.best_val = val.nats_per_char
+        carried = self.dist.gather_state(self.state)  # collective: every rank takes part
+        if not self.dist.is_main:
+            return
+        checkpoint.save(self._payload(carried), self.run_dir / "last.pt")
+        if improved or self.cfg.val_frac == 0:
+            checkpoint.save(self._payload(), self.run_dir / "best.pt")
+
+    def _log_metrics(self, val: EvalResult | None, lr: float, rate: float) -> None:
+        if not self.dist.is_main:
+            return
+        row = {"step": self.step, "elapsed": round(self.elapsed(), 3), "train_loss": self._smoothed(),
+               "val_loss": val and val.nats_per_char, "val_bpc": val and val.bits_per_char,
+               "lr": lr, "chars_per_s": round(rate, 1)}
+        with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+
+    def _trim_metrics(self) -> None:
+        """On resume, drop rows written after the checkpoint, so the log reads as one uninterrupted run."""
+        path = self.run_dir / "metrics.jsonl"
+        if not (self.dist.is_main and path.exists()):
+            return
+        rows = [r for r in path.read_text(encoding="utf-8").splitlines() if r.strip()]
+        keep = [r for r in rows if json.loads(r)["step"] <= self.step]
+        path.write_text("".join(r + "\n" for r in keep), encoding="utf-8")
+
+    def _smoothed(self) -> float | None:
+        return self.loss_ema / (1 - EMA_DECAY**self.loss_n) if self.loss_n else None
+
+    def _finished(self, elapsed: float) -> bool:
+        budget, steps = self.cfg.budget_seconds, self.cfg.steps
+        return (steps is not None and self.step >= steps) or (budget is not None and elapsed >= budget)
+
+    def run(self) -> TrainResult:
+        if self.dist.is_main:
+            ensure_writable(self.run_dir)
+        with RunLock(self.run_dir) if self.dist.is_main else contextlib.nullcontext(), StopSignals() as signals:
+            self.dist.barrier()
+            self._t0 = time.perf_counter()
+            if self.resumed:
+                self._trim_metrics()
+                if self._finished(self.prior_elapsed):
+                    raise CharRNNError(f"the run in {self.run_dir} already used its whole budget: pass a larger "
+                                       "--steps or --minutes with --resume to train further")
+            chars_per_step = self.cfg.batch_size * self.cfg.seq_len
+            bad, restores, rate = 0, 0, 0.0
+            lr = lr_at(self.cfg, self.step, self.progress(self.prior_elapsed)) * self.lr_scale
+            t_rate = time.perf_counter()
+            while True:
+                stop_signal, elapsed = self.dist.agree(signals.received, self.elapsed())
+                if stop_signal or self._finished(elapsed):
+                    break
+                lr = lr_at(self.cfg, self.step, self.progress(elapsed)) * self.lr_scale
+                loss = self._train_step(lr)
+                if math.isnan(loss):
+                    bad += 1
+                    if bad >= BAD_STEPS_BEFORE_RESTORE:
+                        restores += 1
+                        if restores > MAX_RESTORES:
+                            raise CharRNNError(
+                                f"training diverged: the loss stayed non-finite after {MAX_RESTORES} restarts at "
+                                f"lower learning rates; the last good checkpoint is kept in {self.run_dir} "
+                                "(lower --lr or --clip)")
+                        self.model.load_state_dict(self._good[0])
+                        self.opt.load_state_dict(self._good[1])
+                        self.lr_scale *= 0.5
+                        bad = 0
+                        self._event("notice", lr, rate, message=(
+                            f"non-finite loss {BAD_STEPS_BEFORE_RESTORE} steps in a row at step {self.step}: "
+                            f"restored the last good weights, learning rate x{self.lr_scale:g}"))
+                    else:
+                        self._event("notice", lr, rate, message=f"non-finite loss at step {self.step}: update skipped")
+                    self.step += 1
+                    continue
+                bad = 0
+                self.step += 1
+                self.loss_n += 1
+                self.loss_ema = EMA_DECAY * self.loss_ema + (1 - EMA_DECAY) * loss
+                now = time.perf_counter()
+                rate = 0.8 * rate + 0.2 * chars_per_step / (now - t_rate) if rate else chars_per_step / (now - t_rate)
+                t_rate = now
+                self._event("step", lr, rate)
+                if self.step % self.cfg.eval_every == 0:
+                    self._checkpoint_and_log(lr, rate)
+                    t_rate = time.perf_counter()  # validation time is not training throughput
+            if signals.received or stop_signal:
+                self._save(None)  # stop after the current step: weights and position, no validation
+            elif self.step % self.cfg.eval_every != 0 or self.step == 0:
+                self._checkpoint_and_log(lr, rate)
+            return TrainResult(self.run_dir, self.step, self.elapsed(), self.best_val, self.last_val,
+                               signals.received or stop_signal, self.resumed)
+
+    def _checkpoint_and_log(self, lr: float, rate: float) -> None:
+        val = self._validate()
+        self._save(val)
+        self._log_metrics(val, lr, rate)
+        self._good = self._snapshot()
+        self._event("eval", lr, rate, val=val)
+
+    def _event(self, kind: str, lr: float, rate: float, val: EvalResult | None = None, message: str = "") -> None:
+        elapsed = self.elapsed()
+        self.report(TrainEvent(kind, self.step, self.cfg.steps, min(1.0, self.progress(elapsed)), elapsed,
+                               self._smoothed(), lr, rate, val, self.best_val, message))
+
+
+def train(corpus: str | os.PathLike | None = None, model_flags: dict[str, Any] | None = None,
+          train_flags: dict[str, Any] | None = None, out: str | os.PathLike | None = None, resume: bool = False,
+          report: Callable[[TrainEvent], None] | None = None) -> TrainResult:
+    """Train (or resume) a run. Flags are only the values the user gave; the config dataclasses and, when
+    resuming, the checkpoint supply the rest."""
+    trainer = Trainer(Path(corpus) if corpus is not None else None, model_flags or {}, train_flags or {},
+                      out, resume, report)
+    try:
+        return trainer.run()
+    finally:
+        trainer.dist.close()
