@@ -1,0 +1,51 @@
+"""Checkpoints: identical logits after a round trip, atomic writes, finding the right run."""
+
+import os
+import time
+
+import torch
+
+from charrnn import checkpoint
+from charrnn.config import ModelConfig, to_dict
+from charrnn.model import CharRNN
+from charrnn.vocab import Vocab
+
+
+def make(tmp_path, name="run", cell="gru"):
+    torch.manual_seed(1)
+    vocab = Vocab.from_text("hello world\n")
+    cfg = ModelConfig(model=cell, vocab_size=len(vocab), embed=8, hidden=12, layers=2)
+    model = CharRNN(cfg).eval()
+    run = tmp_path / name
+    run.mkdir(parents=True, exist_ok=True)
+    checkpoint.save({"model": model.state_dict(), "model_config": to_dict(cfg), "vocab": vocab.chars},
+                    run / "best.pt")
+    return model, run / "best.pt"
+
+
+def test_round_trip_gives_identical_logits(tmp_path):
+    model, path = make(tmp_path)
+    raw = torch.load(path, weights_only=True)  # plain data: loads with weights_only
+    assert raw["format"] == "charrnn" and raw["version"] == checkpoint.FORMAT_VERSION
+    loaded, vocab = checkpoint.build_model(checkpoint.load(path), path)
+    ids = torch.randint(0, len(vocab), (2, 30))
+    assert torch.equal(loaded.eval()(ids)[0], model(ids)[0])
+
+
+def test_save_replaces_atomically_and_leaves_no_temp_files(tmp_path):
+    _, path = make(tmp_path)
+    before = path.read_bytes()
+    checkpoint.save({"model": {}, "model_config": {}, "vocab": "ab"}, path)
+    assert path.read_bytes() != before
+    assert sorted(os.listdir(path.parent)) == ["best.pt"]
+
+
+def test_resolve_folder_file_and_newest_run(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _, old = make(tmp_path / "checkpoints", "old")
+    time.sleep(0.02)
+    _, new = make(tmp_path / "checkpoints", "new")
+    os.utime(old, (time.time() - 100, time.time() - 100))
+    assert checkpoint.resolve(None).resolve() == new.resolve()
+    assert checkpoint.resolve(old.parent) == old
+    assert checkpoint.resolve(str(old)) == old

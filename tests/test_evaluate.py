@@ -1,0 +1,55 @@
+"""Evaluation: every character after the first scored once, matching a whole-sequence reference."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from charrnn.config import ModelConfig
+from charrnn.evaluate import evaluate
+from charrnn.model import CharRNN
+
+
+@pytest.fixture
+def model():
+    torch.manual_seed(0)
+    return CharRNN(ModelConfig(model="lstm", vocab_size=9, embed=8, hidden=16, layers=2)).eval()
+
+
+@torch.no_grad()
+def reference_nats(model, ids):
+    x = torch.from_numpy(ids[None, :-1])
+    logits, _ = model(x)
+    return float(F.cross_entropy(logits[0], torch.from_numpy(ids[1:]), reduction="sum"))
+
+
+def test_single_stream_in_windows_equals_one_whole_pass(model):
+    ids = np.random.default_rng(0).integers(0, 9, 1001)
+    result = evaluate(model, ids, streams=1, window=64)
+    assert result.chars == 1000
+    assert result.nats == pytest.approx(reference_nats(model, ids), rel=1e-5)
+
+
+def test_streams_score_every_character_and_only_rows_start_cold(model):
+    ids = np.random.default_rng(1).integers(0, 9, 1003)
+    result = evaluate(model, ids, streams=4, window=50)
+    assert result.chars == 1002
+    length = 1002 // 4  # 250 per row, tail of 2 continues the last row
+    expected = sum(reference_nats(model, ids[r * length : (r + 1) * length + 1]) for r in range(3))
+    expected += reference_nats(model, ids[3 * length :])
+    assert result.nats == pytest.approx(expected, rel=1e-5)
+
+
+def test_perplexity_is_exp_nats_and_bits_are_nats_over_ln2(model):
+    result = evaluate(model, np.arange(200) % 9)
+    assert result.perplexity == pytest.approx(math.exp(result.nats_per_char))
+    assert result.bits_per_char == pytest.approx(result.nats_per_char / math.log(2))
+    assert model.training is False
+
+
+def test_restores_training_mode(model):
+    model.train()
+    evaluate(model, np.arange(50) % 9)
+    assert model.training
