@@ -53,6 +53,8 @@ class RunLock:
                                    "or choose another --out)") from None
         os.ftruncate(self._fd, 0)
         os.write(self._fd, f"{os.getpid()}\n".encode())
+        for stale in self.path.parent.glob(".*.tmp-*"):  # half-written files of a killed run: we hold the lock
+            stale.unlink(missing_ok=True)
         return self
 
     def __exit__(self, *exc: object) -> None:
