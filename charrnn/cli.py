@@ -115,22 +115,20 @@ def sample(
     cfg = SampleConfig(**_given(temp=temp, length=length, prime=prime, top_k=top_k, top_p=top_p, seed=seed, num=num))
     dev = pick_device(device)
     path = ckpt_io.resolve(checkpoint)
-    err.print(f"[dim]model: {escape(str(path))}[/]")
     model, vocab = ckpt_io.build_model(ckpt_io.load(path), path)
     model.to(dev).eval()
-    unknown = vocab.unknown(cfg.prime)
+    err.print(f"[dim]model: {escape(str(path))}[/]")
+    unknown = vocab.unknown(cfg.prime) if prime is not None else ""
     if unknown:
         err.print(f"[yellow]warning:[/] prime characters not in the model's vocabulary were skipped: "
                   f"{escape(repr(unknown))}")
     echo = "".join(c for c in cfg.prime if c in vocab) if prime is not None else ""
     stream = sys.stdout
-    interactive = stream.isatty()
     if cfg.num == 1:
         stream.write(echo)
         for chars in generate(model, vocab, cfg):
             stream.write(chars[0])
-            if interactive:
-                stream.flush()
+            stream.flush()  # stream as it comes, to a terminal or a pipe (`| tee`): ~1 us a character
         stream.write("\n")
     else:
         texts = [[] for _ in range(cfg.num)]
@@ -159,7 +157,7 @@ def eval_(
     if as_json:
         out.print_json(json.dumps(report))
         return 0
-    table = Table(title=f"{report['text']}", show_header=False)
+    table = Table(title=escape(report["text"]), show_header=False)
     for key in ("chars", "nats_per_char", "bits_per_char", "perplexity", "skipped_unknown"):
         value = report[key]
         table.add_row(key.replace("_", " "), f"{value:,}" if isinstance(value, int) else f"{value:.4f}")
@@ -197,13 +195,17 @@ class TrainDisplay:
         self.val = ""
 
     def __enter__(self) -> "TrainDisplay":
-        self.progress.start()
+        self.started = False  # the bar appears with the first step, so an early error stays one line
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.progress.stop()
+        if self.started:
+            self.progress.stop()
 
     def update(self, event: Any) -> None:
+        if not self.started:
+            self.progress.start()
+            self.started = True
         if event.kind == "notice":
             self.progress.console.print(f"[yellow]{escape(event.message)}[/]")
             return
@@ -232,7 +234,7 @@ class TrainDisplay:
 def main(argv: list[str] | None = None) -> None:
     """Run the app, turning every expected failure into one line on stderr and an exit code."""
     try:
-        code = app(args=argv, standalone_mode=False)
+        code = app(args=argv, prog_name="charrnn", standalone_mode=False)
     except CharRNNError as e:
         err.print(f"[bold red]error:[/] {escape(str(e))}")
         sys.exit(1)

@@ -20,7 +20,7 @@ def pick_run_dir(out: str | os.PathLike | None, corpus: Path, resume: bool) -> P
     run, so starting again never overwrites an earlier run's checkpoints."""
     if out is not None:
         run = Path(out)
-        if not resume and (run / "last.pt").exists():
+        if not resume and ((run / "last.pt").exists() or (run / "best.pt").exists()):
             raise CharRNNError(f"{run} already holds a run: add --resume to continue it, or choose another --out")
         return run
     base = RUNS_DIR / corpus.stem

@@ -240,6 +240,7 @@ class Trainer:
     def _train_step(self, lr: float) -> float:
         """One window of every stream; returns the loss, or nan when the update was skipped."""
         x, y = self.streams.window(self.step)
+        self.dist.seed_step(self.cfg.seed, self.step)  # several ranks: a different dropout mask on each
         if self.streams.starts_epoch(self.step) or self.state is None:
             self.state = self.model.init_state(x.shape[0], self.device)
         xt = torch.from_numpy(x).to(self.device, non_blocking=True)  # (B, T)
@@ -253,6 +254,7 @@ class Trainer:
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.opt)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip)
+        loss = self.dist.mean(loss)  # the global batch's loss, the same on every rank
         if not (torch.isfinite(loss) and torch.isfinite(grad_norm)):
             self.state = None  # a poisoned state would poison the next window too
             self.opt.zero_grad(set_to_none=True)
@@ -267,7 +269,7 @@ class Trainer:
         if self.cfg.val_frac == 0:
             return None
         part = self.dist.shard(self.val_ids)
-        local = evaluate(self.model, part, self.device, self.dtype)
+        local = evaluate(self.model, part, self.device, self.dtype) if len(part) > 1 else EvalResult(0, 0.0)
         return self.dist.reduce_eval(local)
 
     def _save(self, val: EvalResult | None) -> None:
@@ -315,6 +317,7 @@ class Trainer:
         with RunLock(self.run_dir) if self.dist.is_main else contextlib.nullcontext(), StopSignals() as signals:
             self.dist.barrier()
             self._t0 = time.perf_counter()
+            self._validated_at = self.step if self.resumed else -1
             if self.resumed:
                 self._trim_metrics()
                 if self._finished(self.prior_elapsed):
@@ -357,27 +360,30 @@ class Trainer:
                 now = time.perf_counter()
                 rate = 0.8 * rate + 0.2 * chars_per_step / (now - t_rate) if rate else chars_per_step / (now - t_rate)
                 t_rate = now
-                self._event("step", lr, rate)
-                if self.step % self.cfg.eval_every == 0:
+                asked = self._event("step", lr, rate) and self.dist.world == 1
+                if asked or self.step % self.cfg.eval_every == 0:
                     self._checkpoint_and_log(lr, rate)
                     t_rate = time.perf_counter()  # validation time is not training throughput
             if signals.received or stop_signal:
                 self._save(None)  # stop after the current step: weights and position, no validation
-            elif self.step % self.cfg.eval_every != 0 or self.step == 0:
+            elif self._validated_at != self.step or self.step == 0:
                 self._checkpoint_and_log(lr, rate)
+            self.dist.barrier()  # no rank exits (and makes torchrun stop the rest) before rank 0 has saved
             return TrainResult(self.run_dir, self.step, self.elapsed(), self.best_val, self.last_val,
                                signals.received or stop_signal, self.resumed)
 
     def _checkpoint_and_log(self, lr: float, rate: float) -> None:
+        self._validated_at = self.step
         val = self._validate()
         self._save(val)
         self._log_metrics(val, lr, rate)
         self._good = self._snapshot()
         self._event("eval", lr, rate, val=val)
 
-    def _event(self, kind: str, lr: float, rate: float, val: EvalResult | None = None, message: str = "") -> None:
+    def _event(self, kind: str, lr: float, rate: float, val: EvalResult | None = None, message: str = "") -> bool:
+        """Tell the caller; a true answer to a "step" event asks for a validation and save right now."""
         elapsed = self.elapsed()
-        self.report(TrainEvent(kind, self.step, self.cfg.steps, min(1.0, self.progress(elapsed)), elapsed,
+        return self.report(TrainEvent(kind, self.step, self.cfg.steps, min(1.0, self.progress(elapsed)), elapsed,
                                self._smoothed(), lr, rate, val, self.best_val, message))
 
 
