@@ -7,6 +7,7 @@ This is the only place that catches CharRNNError: one red line, exit 1.
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -87,12 +88,14 @@ def train(
                          precision=precision, seed=seed)
     with TrainDisplay(err) as display:
         result = run_training(corpus, model_flags, train_flags, out, resume, display.update)
-    display.summary(result)
-    if result.signal:
-        err.print(f"[yellow]stopped at step {result.step}[/]; resume with: "
-                  f"[bold]{escape(shlex.join(['charrnn', 'train', '--resume', '--out', str(result.run_dir)]))}[/]")
-        return 128 + result.signal
-    return 0
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 speaks
+        display.summary(result)
+        if result.signal:
+            launcher = ["charrnn"] if world == 1 else ["torchrun", "--nproc-per-node", str(world), "-m", "charrnn"]
+            command = shlex.join([*launcher, "train", "--resume", "--out", str(result.run_dir)])
+            err.print(f"[yellow]stopped at step {result.step}[/]; resume with: [bold]{escape(command)}[/]")
+    return 128 + result.signal if result.signal else 0
 
 
 @app.command()

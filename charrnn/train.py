@@ -117,14 +117,19 @@ class StopSignals:
             signal.signal(sig, old)
 
 
-def _merge(cls: type, saved: dict[str, Any] | None, flags: dict[str, Any], strict: bool, what: str) -> Any:
-    """Config from a checkpoint (if resuming) with flags on top; `strict` forbids changing saved values."""
+# What a resumed run may not change: the model, and what fixes the data layout and the carried state.
+FIXED_ON_RESUME = {"seq_len", "batch_size", "val_frac"}
+
+
+def _merge(cls: type, saved: dict[str, Any] | None, flags: dict[str, Any], fixed: set[str] | None,
+           what: str) -> Any:
+    """Config from a checkpoint (if resuming) with flags on top; keys in `fixed` (None: all) may not change."""
     if saved is None:
         return cls(**flags)
     base = from_dict(cls, saved)
     for key, value in flags.items():
         old = getattr(base, key)
-        if strict and value != old:
+        if (fixed is None or key in fixed) and value != old:
             flag = "--" + key.replace("_", "-")
             raise CharRNNError(f"{flag} {value} contradicts the {what} being resumed ({flag} {old}): "
                                f"drop the flag to resume, or start a new run with --out")
@@ -151,7 +156,7 @@ class Trainer:
             if corpus is None:
                 corpus_path = Path(self.saved["corpus"]["path"])
         self.cfg: TrainConfig = _merge(TrainConfig, self.saved and self.saved["train_config"],
-                                       train_flags, strict=False, what="run")
+                                       train_flags, FIXED_ON_RESUME, what="run")
         self.corpus = data.read_corpus(corpus_path)
         vocab = self.corpus.vocab
         if self.saved is not None and self.saved["vocab"] != vocab.chars:
@@ -159,7 +164,7 @@ class Trainer:
                                "resume with the corpus it was trained on")
         model_flags = {**model_flags, "vocab_size": len(vocab)}
         self.model_cfg: ModelConfig = _merge(ModelConfig, self.saved and self.saved["model_config"],
-                                             model_flags, strict=True, what="checkpoint")
+                                             model_flags, None, what="checkpoint")
         train_ids, self.val_ids = data.split(self.corpus.ids, self.cfg.val_frac)
         if self.cfg.val_frac > 0 and len(self.val_ids) < 2:
             raise CharRNNError(f"the validation split has {len(self.val_ids)} characters: raise --val-frac, "

@@ -129,3 +129,9 @@ def test_lr_schedule_warms_up_then_decays_to_the_floor():
     assert train_mod.lr_at(cfg, 9, 0.09) == pytest.approx(1.0)
     assert train_mod.lr_at(cfg, 50, 0.5) == pytest.approx(0.55)
     assert train_mod.lr_at(cfg, 100, 1.0) == pytest.approx(0.1)
+
+
+def test_resume_rejects_a_different_data_layout(corpus, tmp_path):
+    train_mod.train(corpus, MODEL, {**TRAIN, "steps": 5}, out=tmp_path / "run")
+    with pytest.raises(CharRNNError, match="--batch-size 16 contradicts"):
+        train_mod.train(corpus, {}, {"steps": 10, "batch_size": 16}, out=tmp_path / "run", resume=True)
