@@ -35,7 +35,7 @@ class ModelConfig:
     layers: int = 2  # Two layers beat one clearly; a third costs time a CPU budget cannot repay.
     hidden: int = 512  # Measured best for a 5-minute CPU budget (benchmarks/README.md).
     embed: int = 128  # Characters need few dimensions; the input matmul stays cheap.
-    dropout: float = 0.1  # Light: a few-minute run barely overfits tiny-shakespeare.
+    dropout: float = 0.1  # Light: 0 overfits within 5 minutes, 0.2 slows learning (benchmarks/README.md).
     tie_weights: bool = False  # Sharing embedding and output weights needs embed == hidden.
 
     def __post_init__(self) -> None:
@@ -61,7 +61,7 @@ class TrainConfig:
     """How to train; stored in checkpoints so that --resume continues the same schedule."""
 
     seq_len: int = 128  # Window length of truncated BPTT; state still flows across windows.
-    batch_size: int = 64  # Contiguous streams per step (global across ranks): keeps the CPU's matmuls wide.
+    batch_size: int = 16  # Streams per step (global across ranks): on a CPU budget more, smaller steps win (benchmarks/README.md).
     lr: float = 3e-3  # Peak AdamW learning rate; high is fine with warmup and clipping.
     min_lr_frac: float = 0.05  # Cosine decay ends at this fraction of --lr when the budget runs out.
     warmup_steps: int = 50  # Linear warmup: Adam's early steps are noisy at a high rate.
@@ -70,7 +70,7 @@ class TrainConfig:
     steps: int | None = None  # Optimizer steps; None means only --minutes bounds the run.
     minutes: float | None = None  # Wall-clock budget; None with no --steps means DEFAULT_MINUTES.
     val_frac: float = 0.1  # Last 10% is validation, the split nanoGPT's shakespeare_char uses.
-    eval_every: int = 200  # Steps between validations: about a minute on a 2-core CPU.
+    eval_every: int = 500  # Steps between validations: about a minute on a 2-core CPU, ~3% of the time.
     seed: int = 1337  # Fixed so two runs with the same flags are the same run.
     device: str = "auto"  # cuda, then mps, then cpu.
     precision: str = "auto"  # bf16 autocast where the hardware has it, fp32 elsewhere.
