@@ -248,8 +248,7 @@ class Trainer:
         self.dist.seed_step(self.cfg.seed, self.step)  # several ranks: a different dropout mask on each
         if self.streams.starts_epoch(self.step) or self.state is None:
             self.state = self.model.init_state(x.shape[0], self.device)
-        xt = torch.from_numpy(x).to(self.device, non_blocking=True)  # (B, T)
-        yt = torch.from_numpy(y).to(self.device, non_blocking=True)  # (B, T)
+        xt, yt = self._to_device(x), self._to_device(y)  # (B, T) each
         for group in self.opt.param_groups:
             group["lr"] = lr
         with autocast(self.device, self.dtype):
@@ -269,6 +268,13 @@ class Trainer:
         self.scaler.update()
         self.state = detach_state(new_state)
         return loss.item()
+
+    def _to_device(self, a: np.ndarray) -> torch.Tensor:
+        """On CUDA the window goes through pinned memory, so the copy overlaps the GPU's work."""
+        t = torch.from_numpy(a)
+        if self.device.type == "cuda":
+            t = t.pin_memory()
+        return t.to(self.device, non_blocking=True)
 
     def _validate(self) -> EvalResult | None:
         if self.cfg.val_frac == 0:

@@ -1,0 +1,71 @@
+"""Device and precision choice, and checkpoint portability: the CUDA path's logic, tested on a CPU."""
+
+import pytest
+import torch
+
+from charrnn import checkpoint, devices
+from charrnn.errors import CharRNNError
+
+
+@pytest.mark.parametrize("cuda,mps,expected", [(True, True, "cuda"), (False, True, "mps"), (False, False, "cpu")])
+def test_auto_picks_cuda_then_mps_then_cpu(monkeypatch, cuda, mps, expected):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: mps)
+    assert devices.pick_device("auto").type == expected
+
+
+def test_explicit_device_that_is_missing_is_an_error(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    with pytest.raises(CharRNNError, match="--device cuda"):
+        devices.pick_device("cuda")
+    with pytest.raises(CharRNNError, match="--device mps"):
+        devices.pick_device("mps")
+    assert devices.pick_device("cpu").type == "cpu"
+
+
+@pytest.mark.parametrize("bf16,expected", [(True, torch.bfloat16), (False, torch.float16)])
+def test_auto_precision_on_cuda_is_bf16_else_fp16(monkeypatch, bf16, expected):
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: bf16)
+    assert devices.pick_dtype("auto", torch.device("cuda")) == expected
+
+
+@pytest.mark.parametrize("fast,expected", [(True, torch.bfloat16), (False, torch.float32)])
+def test_auto_precision_on_cpu_follows_native_bf16(monkeypatch, fast, expected):
+    monkeypatch.setattr(devices, "cpu_has_fast_bf16", lambda: fast)
+    assert devices.pick_dtype("auto", torch.device("cpu")) == expected
+
+
+def test_explicit_precisions():
+    cpu = torch.device("cpu")
+    assert devices.pick_dtype("fp32", cpu) == torch.float32
+    assert devices.pick_dtype("bf16", cpu) == torch.bfloat16
+    assert devices.pick_dtype("fp16", torch.device("cuda")) == torch.float16
+    with pytest.raises(CharRNNError, match="fp16 is for GPUs"):
+        devices.pick_dtype("fp16", cpu)
+
+
+def test_autocast_is_off_for_fp32_and_on_otherwise():
+    cpu = torch.device("cpu")
+    with devices.autocast(cpu, torch.float32):
+        assert not torch.is_autocast_enabled("cpu")
+    with devices.autocast(cpu, torch.bfloat16):
+        assert torch.is_autocast_enabled("cpu")
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
+
+
+def test_checkpoints_load_onto_the_cpu_weights_only(monkeypatch, tmp_path):
+    """A GPU-trained file must load on a CPU-only machine: every load maps to the CPU, weights only."""
+    path = tmp_path / "x.pt"
+    checkpoint.save({"model": {"w": torch.ones(2)}, "model_config": {}, "vocab": "ab"}, path)
+    seen = {}
+    real = torch.load
+
+    def spy(*args, **kwargs):
+        seen.update(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", spy)
+    ckpt = checkpoint.load(path)
+    assert seen["map_location"] == "cpu" and seen["weights_only"] is True
+    assert ckpt["model"]["w"].device.type == "cpu"
