@@ -6,6 +6,7 @@ A checkpoint is one dict of plain data (tensors, numbers, strings, lists, dicts)
 
 from __future__ import annotations
 
+import math
 import os
 import pickle
 import zipfile
@@ -151,7 +152,7 @@ def describe(path: Path) -> dict[str, Any]:
         "vocabulary": f"{len(vocab)} characters: {vocab.preview()}",
         "steps": f"{ckpt.get('step', 0):,}",
         "training time": f"{ckpt.get('elapsed', 0.0):,.1f} s",
-        "best val loss": "n/a" if best is None else f"{best:.4f} nats/char ({best / 0.6931471805599453:.4f} bpc)",
+        "best val loss": "n/a" if best is None else f"{best:.4f} nats/char ({best / math.log(2):.4f} bpc)",
         "corpus": f"{corpus.get('path', '?')} ({corpus.get('size', 0):,} bytes)",
         "bundled": "yes (the model shipped with charrnn)" if Path(path).resolve() == BUNDLED.resolve() else "no",
     }

@@ -7,6 +7,7 @@ This is the only place that catches CharRNNError: one red line, exit 1.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shlex
 import sys
@@ -225,7 +226,7 @@ class TrainDisplay:
     def summary(self, result: Any) -> None:
         table = Table(title="training summary", show_header=False)
         if result.best_val is not None:
-            table.add_row("best val loss", f"{result.best_val:.4f} nats/char ({result.best_val / 0.6931471805599453:.4f} bpc)")
+            table.add_row("best val loss", f"{result.best_val:.4f} nats/char ({result.best_val / math.log(2):.4f} bpc)")
         if result.last_val is not None:
             table.add_row("last val loss", f"{result.last_val.nats_per_char:.4f} nats/char")
         table.add_row("steps", f"{result.step:,}")
