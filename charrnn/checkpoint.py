@@ -71,13 +71,12 @@ def load(path: Path) -> dict[str, Any]:
         raise CharRNNError(f"checkpoint {path} is empty (0 bytes): it was never fully written; use another one")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        if "global" in str(e).lower():  # torch's weights-only unpickler met a class or function reference
+    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, KeyError,
+            IndexError) as e:
+        if isinstance(e, pickle.UnpicklingError) and "global" in str(e).lower():
+            # torch's weights-only unpickler met a class or function reference: code, not data
             raise CharRNNError(f"refusing to load {path}: it holds code or objects, not plain data, and "
                                "charrnn only loads weights (never open checkpoints you do not trust)") from None
-        raise CharRNNError(f"{path} is not a readable checkpoint: it is truncated or corrupt "
-                           "(copy it again, or use another one)") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, KeyError, IndexError):
         raise CharRNNError(f"{path} is not a readable checkpoint: it is truncated or corrupt "
                            "(copy it again, or use another one)") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:

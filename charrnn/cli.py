@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shlex
 import sys
 from pathlib import Path
@@ -89,11 +88,11 @@ def train(
                          precision=precision, seed=seed)
     with TrainDisplay(err) as display:
         result = run_training(corpus, model_flags, train_flags, out, resume, display.update)
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 speaks
+    if result.rank == 0:  # under torchrun only rank 0 speaks
         display.summary(result)
         if result.signal:
-            launcher = ["charrnn"] if world == 1 else ["torchrun", "--nproc-per-node", str(world), "-m", "charrnn"]
+            launcher = (["charrnn"] if result.world == 1
+                        else ["torchrun", "--nproc-per-node", str(result.world), "-m", "charrnn"])
             command = shlex.join([*launcher, "train", "--resume", "--out", str(result.run_dir)])
             err.print(f"[yellow]stopped at step {result.step}[/]; resume with: [bold]{escape(command)}[/]")
     return 128 + result.signal if result.signal else 0

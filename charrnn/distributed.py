@@ -16,6 +16,7 @@ so the mean loss over each rank's rows, averaged across ranks, is exactly the si
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 from dataclasses import dataclass
 from typing import Iterator
@@ -158,5 +159,8 @@ class Dist:
                 dist.barrier()
 
     def close(self) -> None:
+        """Leave the group while the interpreter is fully alive: gloo work objects still alive at interpreter
+        teardown abort the process ("terminate called without an active exception", exit -6)."""
         if self.world > 1 and dist.is_initialized():
+            gc.collect()  # DDP's hooks form reference cycles; collect them before the group is destroyed
             dist.destroy_process_group()

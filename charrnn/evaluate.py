@@ -110,12 +110,13 @@ def evaluate_checkpoint(path, file=None, device: str = "auto", warn=lambda messa
         val_frac = from_dict(TrainConfig, ckpt.get("train_config", {})).val_frac
         if val_frac == 0:
             raise CharRNNError("the run trained with --val-frac 0, so it has no validation split: give a FILE")
-        if where.stat().st_size != corpus["size"] or data.file_digest(where) != corpus["sha256"]:
+        digest = data.file_digest(where) if where.stat().st_size == corpus["size"] else None
+        if digest != corpus["sha256"]:
             warn(f"the run's corpus {where} changed since training; scoring the validation split of its "
                  "current contents")
             all_ids, skipped = data.read_text_ids(where, vocab)
         else:
-            all_ids = data.read_corpus(where).ids
+            all_ids = data.read_corpus(where, digest=digest).ids
         _, ids = data.split(all_ids, val_frac)
         label = f"validation split of {where} (last {val_frac:.0%})"
     result = evaluate(model, ids, dev, pick_dtype("auto", dev))

@@ -46,10 +46,20 @@ def naive_generate(model: CharRNN, vocab: Vocab, cfg: SampleConfig) -> Iterator[
 
 
 def _fast_loop(model: CharRNN, vocab: Vocab, cfg: SampleConfig) -> Iterator[list[str]]:
+    return _loop(model, vocab, cfg, FastRNN)
+
+
+def _torch_loop(model: CharRNN, vocab: Vocab, cfg: SampleConfig) -> Iterator[list[str]]:
+    return _loop(model, vocab, cfg, _TorchStepper)
+
+
+def _loop(model: CharRNN, vocab: Vocab, cfg: SampleConfig, stepper: type) -> Iterator[list[str]]:
+    """Warm on the prime, then draw and feed back; `stepper(model)` with reset(state) and step(ids) -> logits
+    is the only thing that differs between the fast CPU loop and the plain torch one."""
     if cfg.length == 0:
         return
     logits, state = warm(model, prime_ids(vocab, cfg.prime), cfg.num)
-    rnn = FastRNN(model)
+    rnn = stepper(model)
     rnn.reset(state)
     sample = Sampler(cfg, len(vocab))
     chars = vocab.chars
@@ -60,19 +70,19 @@ def _fast_loop(model: CharRNN, vocab: Vocab, cfg: SampleConfig) -> Iterator[list
             logits = rnn.step(ids)  # (N, V)
 
 
-def _torch_loop(model: CharRNN, vocab: Vocab, cfg: SampleConfig) -> Iterator[list[str]]:
-    if cfg.length == 0:
-        return
-    logits, state = warm(model, prime_ids(vocab, cfg.prime), cfg.num)
-    sample = Sampler(cfg, len(vocab))
-    chars, device = vocab.chars, _device(model)
-    for t in range(cfg.length):
-        ids = sample(logits)  # (N,)
-        yield [chars[i] for i in ids.tolist()]
-        if t + 1 < cfg.length:
-            x = torch.as_tensor(ids, device=device).view(-1, 1)  # (N, 1)
-            out, state = _eval_forward(model, x, state)  # (N, 1, V)
-            logits = out[:, -1].float().cpu().numpy()  # (N, V)
+class _TorchStepper:
+    """One ``model(ids, state)`` call per character, on the model's own device: the reference loop."""
+
+    def __init__(self, model: CharRNN) -> None:
+        self.model, self.device = model, _device(model)
+
+    def reset(self, state: State) -> None:
+        self.state = state
+
+    def step(self, ids: np.ndarray) -> np.ndarray:
+        x = torch.as_tensor(ids, device=self.device).view(-1, 1)  # (N, 1)
+        out, self.state = _eval_forward(self.model, x, self.state)  # (N, 1, V)
+        return out[:, -1].float().cpu().numpy()  # (N, V)
 
 
 def prime_ids(vocab: Vocab, prime: str) -> np.ndarray:

@@ -64,6 +64,8 @@ class TrainResult:
     last_val: EvalResult | None
     signal: int | None  # the signal that stopped the run early, if one did
     resumed: bool
+    rank: int = 0  # under torchrun: this process's rank, and the number of processes
+    world: int = 1
 
 
 def resolve_corpus(corpus: str | os.PathLike | None) -> Path:
@@ -381,7 +383,7 @@ class Trainer:
                 self._checkpoint_and_log(lr, rate)
             self.dist.barrier()  # no rank exits (and makes torchrun stop the rest) before rank 0 has saved
             return TrainResult(self.run_dir, self.step, self.elapsed(), self.best_val, self.last_val,
-                               signals.received or stop_signal, self.resumed)
+                               signals.received or stop_signal, self.resumed, self.dist.rank, self.dist.world)
 
     def _checkpoint_and_log(self, lr: float, rate: float) -> None:
         self._validated_at = self.step
@@ -408,4 +410,5 @@ def train(corpus: str | os.PathLike | None = None, model_flags: dict[str, Any] |
     try:
         return trainer.run()
     finally:
+        trainer.ddp_model = None  # DDP's reducer holds gloo work and tensors: free it before the group goes
         trainer.dist.close()
