@@ -61,6 +61,8 @@ def main() -> None:
     seen: list[dict] = []
 
     def report(event) -> bool:
+        if event.kind in ("notice", "info"):
+            print(f"  {event.elapsed / 60:6.2f} min  step {event.step:6d}  {event.message}", flush=True)
         if event.kind == "eval" and event.val is not None:
             row = {"minutes": round(event.elapsed / 60, 3), "step": event.step,
                    "val_nats": round(event.val.nats_per_char, 4), "val_bpc": round(event.val.bits_per_char, 4),

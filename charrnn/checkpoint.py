@@ -144,8 +144,11 @@ def describe(path: Path) -> dict[str, Any]:
 
     best = ckpt.get("best_val")
     corpus = ckpt.get("corpus") or {}
+    dropout = "auto" if cfg.dropout is None else cfg.dropout  # None: saved before a time budget settled it
     return {
-        "model": f"{cfg.model} {cfg.layers}x{cfg.hidden} (embed {cfg.embed}, dropout {cfg.dropout}"
+        "model": f"{cfg.model} {cfg.layers}x{cfg.hidden} (embed {cfg.embed}, dropout {dropout}"
+                 f"{', locked' if cfg.locked_dropout else ''}"
+                 f"{f', weight drop {cfg.weight_drop:g}' if cfg.weight_drop else ''}"
                  f"{', tied' if cfg.tie_weights else ''})",
         "parameters": f"{count_parameters(model):,}",
         "vocabulary": f"{len(vocab)} characters: {vocab.preview()}",

@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from charrnn.config import DEFAULT_MINUTES, ModelConfig, SampleConfig, TrainConfig
+from charrnn.config import DEFAULT_MINUTES, DROPOUT_PASSES, DROPOUT_RANGE, ModelConfig, SampleConfig, TrainConfig
 from charrnn.errors import CharRNNError
 
 def _usage_error_types() -> tuple[type[Exception], ...]:
@@ -63,7 +63,10 @@ def train(
     layers: Annotated[Optional[int], typer.Option(help=f"Stacked recurrent layers. (default: {ModelConfig.layers})")] = None,
     hidden: Annotated[Optional[int], typer.Option(help=f"Hidden units per layer. (default: {ModelConfig.hidden})")] = None,
     embed: Annotated[Optional[int], typer.Option(help=f"Character embedding size. (default: {ModelConfig.embed})")] = None,
-    dropout: Annotated[Optional[float], typer.Option(help=f"Dropout on embeddings, between layers and before the output. (default: {ModelConfig.dropout})")] = None,
+    dropout: Annotated[Optional[float], typer.Option(help=f"Dropout on embeddings, between layers and before the output. (default: {DROPOUT_RANGE[0]:g}, rising to {DROPOUT_RANGE[1]:g} when the budget reads the training text {DROPOUT_PASSES[0]:g}-{DROPOUT_PASSES[1]:g}+ times)")] = None,
+    locked_dropout: Annotated[Optional[bool], typer.Option("--locked-dropout/--no-locked-dropout", help="One dropout mask per window instead of per character. (default: off)")] = None,
+    weight_drop: Annotated[Optional[float], typer.Option(help=f"DropConnect on the recurrent weights (AWD-LSTM). (default: {ModelConfig.weight_drop:g})")] = None,
+    tie_weights: Annotated[Optional[bool], typer.Option("--tie-weights/--no-tie-weights", help="Share the embedding and output weights; needs --embed equal to --hidden. (default: off)")] = None,
     seq_len: Annotated[Optional[int], typer.Option(help=f"Truncated-BPTT window length. (default: {TrainConfig.seq_len})")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help=f"Contiguous streams per step, global across processes. (default: {TrainConfig.batch_size})")] = None,
     lr: Annotated[Optional[float], typer.Option(help=f"Peak learning rate (warmup, then cosine decay to the end of the budget). (default: {TrainConfig.lr})")] = None,
@@ -82,7 +85,8 @@ def train(
     """Train a character-level model on a text file, saving best.pt and last.pt in the run folder."""
     from charrnn.train import train as run_training
 
-    model_flags = _given(model=model, layers=layers, hidden=hidden, embed=embed, dropout=dropout)
+    model_flags = _given(model=model, layers=layers, hidden=hidden, embed=embed, dropout=dropout,
+                         locked_dropout=locked_dropout, weight_drop=weight_drop, tie_weights=tie_weights)
     train_flags = _given(seq_len=seq_len, batch_size=batch_size, lr=lr, weight_decay=weight_decay, clip=clip,
                          steps=steps, minutes=minutes, val_frac=val_frac, eval_every=eval_every, device=device,
                          precision=precision, seed=seed)
@@ -209,8 +213,9 @@ class TrainDisplay:
         if not self.started:
             self.progress.start()
             self.started = True
-        if event.kind == "notice":
-            self.progress.console.print(f"[yellow]{escape(event.message)}[/]")
+        if event.kind in ("notice", "info"):
+            style = "yellow" if event.kind == "notice" else "dim"
+            self.progress.console.print(f"[{style}]{escape(event.message)}[/]")
             return
         if event.kind == "eval" and event.val is not None:
             self.val = f"val {event.val.nats_per_char:.3f} ({event.val.bits_per_char:.3f} bpc)"

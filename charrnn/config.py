@@ -35,8 +35,10 @@ class ModelConfig:
     layers: int = 2  # Two layers beat one clearly; a third costs time a CPU budget cannot repay.
     hidden: int = 512  # Measured best for a 5-minute CPU budget (benchmarks/README.md).
     embed: int = 128  # Characters need few dimensions; the input matmul stays cheap.
-    dropout: float = 0.1  # Light: 0 overfits within 5 minutes, 0.2 slows learning (benchmarks/README.md).
+    dropout: float | None = None  # None: the trainer picks it from the planned passes (auto_dropout).
     tie_weights: bool = False  # Sharing embedding and output weights needs embed == hidden.
+    locked_dropout: bool = False  # One dropout mask per window instead of per character (benchmarks/README.md).
+    weight_drop: float = 0.0  # DropConnect on the recurrent weights (AWD-LSTM); 0: off (benchmarks/README.md).
 
     def __post_init__(self) -> None:
         _check(self.model in CELL_TYPES, f"--model must be one of {', '.join(CELL_TYPES)}, got {self.model!r}")
@@ -44,7 +46,8 @@ class ModelConfig:
         _positive_int(self.layers, "--layers")
         _positive_int(self.hidden, "--hidden")
         _positive_int(self.embed, "--embed")
-        _check(0.0 <= self.dropout < 1.0, f"--dropout must be in [0, 1), got {self.dropout}")
+        _check(self.dropout is None or 0.0 <= self.dropout < 1.0, f"--dropout must be in [0, 1), got {self.dropout}")
+        _check(0.0 <= self.weight_drop < 1.0, f"--weight-drop must be in [0, 1), got {self.weight_drop}")
         _check(
             not self.tie_weights or self.embed == self.hidden,
             f"tied weights need --embed equal to --hidden, got {self.embed} and {self.hidden}",
@@ -65,7 +68,7 @@ class TrainConfig:
     lr: float = 3e-3  # Peak AdamW learning rate; high is fine with warmup and clipping.
     min_lr_frac: float = 0.05  # Cosine decay ends at this fraction of --lr when the budget runs out.
     warmup_steps: int = 50  # Linear warmup: Adam's early steps are noisy at a high rate.
-    weight_decay: float = 0.01  # Decoupled (AdamW), on matrices only; a mild regulariser.
+    weight_decay: float = 0.1  # Decoupled (AdamW), on matrices only: 0.1 beat 0.01 at 15 minutes (benchmarks/README.md).
     clip: float = 1.0  # Global gradient-norm clip: RNN gradients occasionally explode.
     steps: int | None = None  # Optimizer steps; None means only --minutes bounds the run.
     minutes: float | None = None  # Wall-clock budget; None with no --steps means DEFAULT_MINUTES.
@@ -101,6 +104,23 @@ class TrainConfig:
 
 
 DEFAULT_MINUTES = 5.0  # With neither --steps nor --minutes, a run is a coffee break long.
+
+# Automatic dropout: DROPOUT_RANGE[0] up to DROPOUT_PASSES[0] planned passes over the training text, rising
+# linearly to DROPOUT_RANGE[1] at DROPOUT_PASSES[1] passes and beyond (benchmarks/README.md).
+DROPOUT_RANGE = (0.1, 0.25)
+DROPOUT_PASSES = (6.0, 12.0)
+
+
+def auto_dropout(passes: float) -> float:
+    """Dropout for a run that will read its training text `passes` times.
+
+    Dropout fights overfitting, and a character model only overfits once it has seen the same text
+    several times: on tiny-shakespeare 0.1 was best for a 5-minute run (about 5 passes), where more
+    slowed learning, yet at 15 minutes (about 16 passes) 0.1 stalled while 0.25 kept improving. So the
+    amount follows the passes, whether they come from a small corpus or a long budget."""
+    (lo, hi), (p_lo, p_hi) = DROPOUT_PASSES, DROPOUT_RANGE
+    t = min(1.0, max(0.0, (passes - lo) / (hi - lo)))
+    return round(p_lo + t * (p_hi - p_lo), 3)
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,9 @@ from __future__ import annotations
 from functools import partial
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.func import functional_call
 
 from charrnn.config import ModelConfig
 
@@ -28,14 +30,9 @@ class CharRNN(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.embed = nn.Embedding(cfg.vocab_size, cfg.embed)
-        self.drop = nn.Dropout(cfg.dropout)
-        self.rnn = CELLS[cfg.model](
-            cfg.embed,
-            cfg.hidden,
-            num_layers=cfg.layers,
-            dropout=cfg.dropout if cfg.layers > 1 else 0.0,
-            batch_first=True,
-        )
+        self.drop = nn.Dropout(0.0)
+        self.rnn = CELLS[cfg.model](cfg.embed, cfg.hidden, num_layers=cfg.layers, batch_first=True)
+        self.set_dropout(cfg.dropout or 0.0)  # None (not chosen yet, see config.auto_dropout): none
         self.head = nn.Linear(cfg.hidden, cfg.vocab_size)
         if cfg.tie_weights:
             self.head.weight = self.embed.weight
@@ -50,17 +47,43 @@ class CharRNN(nn.Module):
             getattr(self.rnn, f"bias_ih_l{layer}")[h : 2 * h].fill_(1.0)  # gate order i, f, g, o
             getattr(self.rnn, f"bias_hh_l{layer}")[h : 2 * h].fill_(0.0)
 
+    def set_dropout(self, p: float) -> None:
+        """Change the dropout rate in place: it is a training setting, not a weight, so the trainer may
+        settle it once it knows how long the run will be."""
+        self.drop.p = p
+        self.rnn.dropout = p if self.cfg.layers > 1 else 0.0  # between layers only; read at every forward
+
     def init_state(self, batch: int, device: torch.device | str = "cpu") -> State:
         zeros = torch.zeros(self.cfg.layers, batch, self.cfg.hidden, device=device)  # (L, B, H)
         return (zeros, zeros.clone()) if self.cfg.model == "lstm" else (zeros,)
 
     def forward(self, ids: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
-        x = self.drop(self.embed(ids))  # (B, T, E)
+        x = self._drop(self.embed(ids))  # (B, T, E)
         if state is not None:
             state = state if self.cfg.model == "lstm" else state[0]
-        out, new_state = self.rnn(x, state)  # (B, T, H)
-        logits = self.head(self.drop(out))  # (B, T, V)
+        if self.training and self.cfg.weight_drop > 0:
+            out, new_state = functional_call(self.rnn, self._dropped_weights(), (x, state))  # (B, T, H)
+        else:
+            out, new_state = self.rnn(x, state)  # (B, T, H)
+        logits = self.head(self._drop(out))  # (B, T, V)
         return logits, (tuple(new_state) if isinstance(new_state, tuple) else (new_state,))
+
+    def _drop(self, x: torch.Tensor) -> torch.Tensor:
+        """Dropout on the embeddings and the top layer's output. Locked (variational, Gal & Ghahramani
+        2016): one mask per stream for the whole window, so a unit is silenced for a stretch of text
+        rather than flickering from character to character."""
+        p = self.drop.p
+        if not (self.training and self.cfg.locked_dropout and p > 0):
+            return self.drop(x)
+        mask = x.new_empty(x.shape[0], 1, x.shape[2]).bernoulli_(1 - p) / (1 - p)  # (B, 1, D)
+        return x * mask  # (B, T, D)
+
+    def _dropped_weights(self) -> dict[str, torch.Tensor]:
+        """DropConnect on the hidden-to-hidden matrices (Merity et al. 2017, AWD-LSTM): one mask per
+        window, shared by every time step, so the recurrence is regularised without leaving the fused
+        cuDNN/oneDNN kernel; the raw weights stay the parameters and get the gradients."""
+        return {name: F.dropout(w, self.cfg.weight_drop) if name.startswith("weight_hh") else w
+                for name, w in self.rnn.named_parameters()}
 
 
 def detach_state(state: State) -> State:

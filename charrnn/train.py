@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from charrnn import checkpoint, data
-from charrnn.config import ModelConfig, TrainConfig, from_dict, to_dict
+from charrnn.config import ModelConfig, TrainConfig, auto_dropout, from_dict, to_dict
 from charrnn.devices import autocast, pick_device, pick_dtype
 from charrnn.distributed import Dist
 from charrnn.errors import CharRNNError
@@ -36,6 +36,7 @@ PACKAGED_CORPUS = Path(__file__).parent / "corpora" / "shakespeare.txt"
 EMA_DECAY = 0.98  # smoothing of the displayed train loss: about the last 50 steps
 BAD_STEPS_BEFORE_RESTORE = 3  # non-finite steps in a row before going back to the last good state
 MAX_RESTORES = 3  # restores (each halving the learning rate) before giving up
+DROPOUT_AT_STEP = 50  # a time budget's automatic dropout is settled from the speed of the steps before this
 
 
 @dataclass
@@ -81,6 +82,11 @@ def lr_at(cfg: TrainConfig, step: int, progress: float) -> float:
         return cfg.lr * (step + 1) / cfg.warmup_steps
     cosine = 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
     return cfg.lr * (cfg.min_lr_frac + (1.0 - cfg.min_lr_frac) * cosine)
+
+
+def _dropout_note(p: float, passes: float, source: str) -> str:
+    return (f"dropout {p:g}: {source} allows about {passes:.1f} passes over the training text "
+            "(--dropout sets it)")
 
 
 def loss_fn(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -176,8 +182,16 @@ class Trainer:
         self.device = self.dist.device or pick_device(self.cfg.device)
         self.dtype = pick_dtype(self.cfg.precision, self.device)
 
+        self._dropout_note = ""
+        if self.model_cfg.dropout is None and self.cfg.budget_seconds is None:  # --steps alone: passes known now
+            passes = self.cfg.steps / self.streams.windows
+            self.model_cfg = replace(self.model_cfg, dropout=auto_dropout(passes))
+            self._dropout_note = _dropout_note(self.model_cfg.dropout, passes, "--steps")
+
         torch.manual_seed(self.cfg.seed)
         self.model = CharRNN(self.model_cfg).to(self.device)
+        if self.model_cfg.dropout is None:  # a time budget: the low end until the speed is known
+            self.model.set_dropout(auto_dropout(0.0))
         self.opt = make_optimizer(self.model, self.cfg)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
         self.step, self.prior_elapsed, self.best_val = 0, 0.0, None
@@ -243,6 +257,18 @@ class Trainer:
     def progress(self, elapsed: float) -> float:
         budget, steps = self.cfg.budget_seconds, self.cfg.steps
         return max(self.step / steps if steps else 0.0, elapsed / budget if budget else 0.0)
+
+    def _settle_dropout(self, elapsed: float) -> None:
+        """Fix an automatic dropout from the passes over the training text that the budget will allow,
+        estimated from the steps so far (every rank sees the same agreed clock, so all choose alike)."""
+        steps = self.step * self.cfg.budget_seconds / max(elapsed, 1e-9)
+        if self.cfg.steps is not None:
+            steps = min(steps, self.cfg.steps)
+        passes = steps / self.streams.windows
+        p = auto_dropout(passes)
+        self.model_cfg = replace(self.model_cfg, dropout=p)
+        self.model.set_dropout(p)
+        self._event("info", 0.0, 0.0, message=_dropout_note(p, passes, "the budget"))
 
     def _train_step(self, lr: float) -> float:
         """One window of every stream; returns the loss, or nan when the update was skipped."""
@@ -330,6 +356,8 @@ class Trainer:
         with RunLock(self.run_dir) if self.dist.is_main else contextlib.nullcontext(), StopSignals() as signals:
             self.dist.barrier()
             self._t0 = time.perf_counter()
+            if self._dropout_note:
+                self._event("info", 0.0, 0.0, message=self._dropout_note)
             self._validated_at = self.step if self.resumed else -1
             if self.resumed:
                 self._trim_metrics()
@@ -344,6 +372,8 @@ class Trainer:
                 stop_signal, elapsed = self.dist.agree(signals.received, self.elapsed())
                 if stop_signal or self._finished(elapsed):
                     break
+                if self.model_cfg.dropout is None and self.step >= DROPOUT_AT_STEP:
+                    self._settle_dropout(elapsed)
                 lr = lr_at(self.cfg, self.step, self.progress(elapsed)) * self.lr_scale
                 loss = self._train_step(lr)
                 if math.isnan(loss):

@@ -304,6 +304,8 @@ TRAIN_FLAGS = [
     (["--steps", "0"], ["--steps"]),
     (["--batch-size", "0"], ["--batch-size"]),
     (["--dropout", "1.0"], ["--dropout"]),
+    (["--weight-drop", "1"], ["--weight-drop"]),
+    (["--tie-weights"], ["--embed", "--hidden"]),
     (["--lr", "-0.1"], ["--lr"]),
     (["--precision", "fp8"], ["--precision", "fp8"]),
 ]

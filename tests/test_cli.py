@@ -307,3 +307,14 @@ def test_more_than_255_distinct_characters_end_to_end(run_cli, tmp_path):
     code, out, err = run_cli("info", "-c", run)
     assert code == 0, err
     assert f"{len(vocab)} characters" in table_row(out, "vocabulary")
+
+
+def test_regularisation_flags_reach_the_model_and_info(run_cli, tiny_corpus, tmp_path):
+    run = tmp_path / "reg"
+    flags = [*TINY, "--embed", "32", "--locked-dropout", "--weight-drop", "0.2", "--tie-weights"]
+    code, out, err = run_cli("train", tiny_corpus, *flags, "--out", run)
+    assert code == 0, err
+    assert re.search(r"dropout 0\.1: --steps allows about [\d.]+ passes", err)  # the automatic choice, said
+    info = run_cli("info", "-c", run)[1]
+    assert all(word in table_row(info, "model") for word in ("dropout 0.1,", "locked,", "weight drop 0.2"))
+    assert "tied" in info  # the table wraps the long model line

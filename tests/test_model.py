@@ -51,3 +51,43 @@ def test_tied_weights_share_storage():
     assert m.head.weight is m.embed.weight
     untied = tiny("lstm", embed=16)
     assert count_parameters(m) == count_parameters(untied) - 13 * 16
+
+
+def test_set_dropout_changes_training_forwards_only():
+    m = tiny("lstm", dropout=None)  # not chosen yet: no dropout at all
+    ids = torch.randint(0, 13, (2, 9))
+    ref = m(ids)[0]
+    m.train()
+    torch.testing.assert_close(m(ids)[0], ref)
+    m.set_dropout(0.5)
+    assert m.drop.p == 0.5 and m.rnn.dropout == 0.5
+    assert not torch.allclose(m(ids)[0], ref)
+    m.eval()
+    torch.testing.assert_close(m(ids)[0], ref)
+    assert tiny("lstm", layers=1, dropout=0.3).rnn.dropout == 0.0  # torch drops only between layers
+
+
+def test_weight_drop_regularises_training_forwards_and_trains_the_raw_weights():
+    m = tiny("lstm", weight_drop=0.5)
+    ids = torch.randint(0, 13, (2, 9))
+    ref = m(ids)[0]
+    m.train()
+    dropped = m(ids)[0]
+    assert not torch.allclose(dropped, ref)
+    dropped.sum().backward()
+    assert all(m.rnn.get_parameter(f"weight_hh_l{k}").grad.abs().sum() > 0 for k in range(2))
+    m.eval()
+    torch.testing.assert_close(m(ids)[0], ref)  # evaluation uses the whole weights
+    assert [n for n, _ in m.named_parameters()] == [n for n, _ in tiny("lstm").named_parameters()]
+
+
+def test_locked_dropout_keeps_one_mask_for_the_whole_window():
+    m = tiny("lstm", dropout=0.5, locked_dropout=True, layers=1).train()
+    x = torch.ones(3, 7, 16)
+    dropped = m._drop(x)  # (B, T, D)
+    assert (dropped == dropped[:, :1]).all()  # the same units silenced at every step
+    assert set(dropped.unique().tolist()) == {0.0, 2.0}
+    m.eval()
+    assert torch.equal(m._drop(x), x)
+    per_step = tiny("lstm", dropout=0.5, layers=1).train()._drop(x)
+    assert not (per_step == per_step[:, :1]).all()

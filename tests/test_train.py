@@ -48,10 +48,12 @@ def test_loss_falls_well_below_log_vocab(corpus, tmp_path):
     assert set(rows[0]) == {"step", "elapsed", "train_loss", "val_loss", "val_bpc", "lr", "chars_per_s"}
 
 
-@pytest.mark.parametrize("cell", ["lstm", "gru"])
-def test_interrupted_and_resumed_equals_uninterrupted(corpus, tmp_path, cell):
+@pytest.mark.parametrize("cell,dropout", [("lstm", 0.1), ("gru", 0.1), ("lstm", None)])
+def test_interrupted_and_resumed_equals_uninterrupted(corpus, tmp_path, cell, dropout):
     flags = {**TRAIN, "steps": 37}
-    model = {**MODEL, "model": cell}
+    model = {**MODEL, "model": cell, "dropout": dropout}
+    if dropout is None:  # automatic: chosen from the planned passes, then kept by the checkpoint
+        del model["dropout"]
     train_mod.train(corpus, model, flags, out=tmp_path / "whole")
 
     def interrupt_at_step_23(event):
@@ -135,3 +137,50 @@ def test_resume_rejects_a_different_data_layout(corpus, tmp_path):
     train_mod.train(corpus, MODEL, {**TRAIN, "steps": 5}, out=tmp_path / "run")
     with pytest.raises(CharRNNError, match="--batch-size 16 contradicts"):
         train_mod.train(corpus, {}, {"steps": 10, "batch_size": 16}, out=tmp_path / "run", resume=True)
+
+
+def test_auto_dropout_follows_the_passes_over_the_training_text():
+    from charrnn.config import DROPOUT_PASSES, DROPOUT_RANGE, auto_dropout
+
+    lo, hi = DROPOUT_RANGE
+    assert auto_dropout(0.0) == auto_dropout(DROPOUT_PASSES[0]) == lo
+    assert auto_dropout(DROPOUT_PASSES[1]) == auto_dropout(1000.0) == hi
+    assert auto_dropout(sum(DROPOUT_PASSES) / 2) == pytest.approx((lo + hi) / 2, abs=1e-3)
+    assert lo < hi
+
+
+def _rates(trainer):
+    return trainer.model.drop.p, trainer.model.rnn.dropout
+
+
+def test_a_step_budget_sets_dropout_from_its_passes_before_the_first_step(corpus, tmp_path):
+    from charrnn.config import DROPOUT_RANGE, auto_dropout
+
+    auto = {k: v for k, v in MODEL.items() if k != "dropout"}
+    few = train_mod.Trainer(corpus, auto, {**TRAIN, "steps": 5}, tmp_path / "few", False, None)
+    assert few.model_cfg.dropout == DROPOUT_RANGE[0] and _rates(few) == (DROPOUT_RANGE[0],) * 2
+    windows = few.streams.windows
+    steps = 9 * windows  # nine passes: halfway up the ramp
+    mid = train_mod.Trainer(corpus, auto, {**TRAIN, "steps": steps}, tmp_path / "mid", False, None)
+    assert DROPOUT_RANGE[0] < mid.model_cfg.dropout == auto_dropout(9.0) < DROPOUT_RANGE[1]
+    assert _rates(mid) == (mid.model_cfg.dropout,) * 2
+    mine = train_mod.Trainer(corpus, MODEL, {**TRAIN, "steps": steps}, tmp_path / "mine", False, None)
+    assert mine.model_cfg.dropout == MODEL["dropout"] and _rates(mine) == (MODEL["dropout"],) * 2
+
+
+def test_a_time_budget_settles_dropout_once_it_knows_the_speed(corpus, tmp_path):
+    from charrnn.config import DROPOUT_PASSES, DROPOUT_RANGE
+
+    auto = {k: v for k, v in MODEL.items() if k != "dropout"}
+    infos = []
+    flags = {**TRAIN, "minutes": 0.04, "batch_size": 64, "eval_every": 50}  # about 10 windows a pass
+    trainer = train_mod.Trainer(corpus, auto, flags, tmp_path / "run", False,
+                                lambda e: e.kind == "info" and infos.append((e.step, e.message)))
+    assert trainer.model_cfg.dropout is None and _rates(trainer) == (DROPOUT_RANGE[0],) * 2
+    result = trainer.run()
+    # a tiny model reads this small corpus dozens of times in 2.4 s: the top of the range
+    assert result.step / trainer.streams.windows > DROPOUT_PASSES[1]
+    assert _rates(trainer) == (DROPOUT_RANGE[1],) * 2
+    assert infos == [(train_mod.DROPOUT_AT_STEP, infos[0][1])] and "passes" in infos[0][1]
+    for name in ("best.pt", "last.pt"):
+        assert checkpoint.load(tmp_path / "run" / name)["model_config"]["dropout"] == DROPOUT_RANGE[1]
