@@ -30,9 +30,8 @@ def generate(model: CharRNN, vocab: Vocab, cfg: SampleConfig) -> Iterator[list[s
     A mismatched vocabulary raises here, at the call, rather than at the first ``next``.
     """
     _check_vocab(model, vocab)
-    if _device(model).type != "cpu":  # numpy cannot reach GPU memory: step the model where it lives
-        return _torch_loop(model, vocab, cfg)
-    return _fast_loop(model, vocab, cfg)
+    on_cpu = _device(model).type == "cpu"  # numpy cannot reach GPU memory: there, step the model where it lives
+    return _loop(model, vocab, cfg, FastRNN if on_cpu else _TorchStepper)
 
 
 def naive_generate(model: CharRNN, vocab: Vocab, cfg: SampleConfig) -> Iterator[list[str]]:
@@ -42,14 +41,6 @@ def naive_generate(model: CharRNN, vocab: Vocab, cfg: SampleConfig) -> Iterator[
     speed on CPU.
     """
     _check_vocab(model, vocab)
-    return _torch_loop(model, vocab, cfg)
-
-
-def _fast_loop(model: CharRNN, vocab: Vocab, cfg: SampleConfig) -> Iterator[list[str]]:
-    return _loop(model, vocab, cfg, FastRNN)
-
-
-def _torch_loop(model: CharRNN, vocab: Vocab, cfg: SampleConfig) -> Iterator[list[str]]:
     return _loop(model, vocab, cfg, _TorchStepper)
 
 

@@ -84,11 +84,6 @@ def lr_at(cfg: TrainConfig, step: int, progress: float) -> float:
     return cfg.lr * (cfg.min_lr_frac + (1.0 - cfg.min_lr_frac) * cosine)
 
 
-def _dropout_note(p: float, passes: float, source: str) -> str:
-    return (f"dropout {p:g}: {source} allows about {passes:.1f} passes over the training text "
-            "(--dropout sets it)")
-
-
 def loss_fn(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy in fp32 whatever the autocast dtype: the loss is the master quantity."""
     return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())  # (B*T, V) vs (B*T,)
@@ -182,16 +177,14 @@ class Trainer:
         self.device = self.dist.device or pick_device(self.cfg.device)
         self.dtype = pick_dtype(self.cfg.precision, self.device)
 
-        self._dropout_note = ""
-        if self.model_cfg.dropout is None and self.cfg.budget_seconds is None:  # --steps alone: passes known now
-            passes = self.cfg.steps / self.streams.windows
-            self.model_cfg = replace(self.model_cfg, dropout=auto_dropout(passes))
-            self._dropout_note = _dropout_note(self.model_cfg.dropout, passes, "--steps")
-
         torch.manual_seed(self.cfg.seed)
         self.model = CharRNN(self.model_cfg).to(self.device)
-        if self.model_cfg.dropout is None:  # a time budget: the low end until the speed is known
-            self.model.set_dropout(auto_dropout(0.0))
+        self._dropout_note = ""
+        if self.model_cfg.dropout is None:
+            if self.cfg.budget_seconds is None:  # --steps alone: the passes are known now
+                self._dropout_note = self._choose_dropout(self.cfg.steps, "--steps")
+            else:  # a time budget: the low end until the first steps have shown the speed
+                self.model.set_dropout(auto_dropout(0.0))
         self.opt = make_optimizer(self.model, self.cfg)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
         self.step, self.prior_elapsed, self.best_val = 0, 0.0, None
@@ -258,17 +251,22 @@ class Trainer:
         budget, steps = self.cfg.budget_seconds, self.cfg.steps
         return max(self.step / steps if steps else 0.0, elapsed / budget if budget else 0.0)
 
+    def _choose_dropout(self, planned_steps: float, source: str) -> str:
+        """Fix an automatic dropout from the passes over the training text that `planned_steps` make, in
+        the model and in the config that checkpoints save; returns the line that tells the user."""
+        passes = planned_steps / self.streams.windows
+        self.model_cfg = replace(self.model_cfg, dropout=auto_dropout(passes))
+        self.model.set_dropout(self.model_cfg.dropout)
+        return (f"dropout {self.model_cfg.dropout:g}: {source} allows about {passes:.1f} passes over the "
+                "training text (--dropout sets it)")
+
     def _settle_dropout(self, elapsed: float) -> None:
-        """Fix an automatic dropout from the passes over the training text that the budget will allow,
-        estimated from the steps so far (every rank sees the same agreed clock, so all choose alike)."""
+        """A time budget's steps, estimated from the speed so far (every rank sees the same agreed clock,
+        so all choose alike), and --steps if that comes first."""
         steps = self.step * self.cfg.budget_seconds / max(elapsed, 1e-9)
         if self.cfg.steps is not None:
             steps = min(steps, self.cfg.steps)
-        passes = steps / self.streams.windows
-        p = auto_dropout(passes)
-        self.model_cfg = replace(self.model_cfg, dropout=p)
-        self.model.set_dropout(p)
-        self._event("info", 0.0, 0.0, message=_dropout_note(p, passes, "the budget"))
+        self._event("info", 0.0, 0.0, message=self._choose_dropout(steps, "the budget"))
 
     def _train_step(self, lr: float) -> float:
         """One window of every stream; returns the loss, or nan when the update was skipped."""
