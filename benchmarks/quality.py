@@ -35,8 +35,15 @@ def parse_flags(extra: list[str]) -> tuple[dict, dict]:
         for cls, target in ((ModelConfig, model_flags), (TrainConfig, train_flags)):
             if name in cls.__dataclass_fields__:
                 kind = str(cls.__dataclass_fields__[name].type)
-                target[name] = (raw.lower() in ("1", "true", "yes") if "bool" in kind else
-                                int(raw) if "int" in kind else float(raw) if "float" in kind else raw)
+                target[name] = (
+                    raw.lower() in ("1", "true", "yes")
+                    if "bool" in kind
+                    else int(raw)
+                    if "int" in kind
+                    else float(raw)
+                    if "float" in kind
+                    else raw
+                )
                 break
         else:
             sys.exit(f"unknown flag {key}")
@@ -64,12 +71,19 @@ def main() -> None:
         if event.kind in ("notice", "info"):
             print(f"  {event.elapsed / 60:6.2f} min  step {event.step:6d}  {event.message}", flush=True)
         if event.kind == "eval" and event.val is not None:
-            row = {"minutes": round(event.elapsed / 60, 3), "step": event.step,
-                   "val_nats": round(event.val.nats_per_char, 4), "val_bpc": round(event.val.bits_per_char, 4),
-                   "chars_per_s": round(event.chars_per_s)}
+            row = {
+                "minutes": round(event.elapsed / 60, 3),
+                "step": event.step,
+                "val_nats": round(event.val.nats_per_char, 4),
+                "val_bpc": round(event.val.bits_per_char, 4),
+                "chars_per_s": round(event.chars_per_s),
+            }
             seen.append(row)
-            print(f"  {row['minutes']:6.2f} min  step {row['step']:6d}  val {row['val_nats']:.4f} nats/char "
-                  f"({row['val_bpc']:.4f} bpc)  {row['chars_per_s']:,} chars/s", flush=True)
+            print(
+                f"  {row['minutes']:6.2f} min  step {row['step']:6d}  val {row['val_nats']:.4f} nats/char "
+                f"({row['val_bpc']:.4f} bpc)  {row['chars_per_s']:,} chars/s",
+                flush=True,
+            )
         if event.kind == "step" and pending and event.elapsed >= pending[0] * 60:
             while pending and event.elapsed >= pending[0] * 60:
                 pending.pop(0)
@@ -89,16 +103,24 @@ def main() -> None:
             at[f"{m:g}"] = row["val_nats"]
     rates = [r["chars_per_s"] for r in seen if r["chars_per_s"]]
     summary = {
-        "corpus": str(args.corpus), "minutes": args.minutes, "steps": result.step,
-        "model": ckpt["model_config"], "train": {k: v for k, v in ckpt["train_config"].items()},
-        "val_nats_at_minutes": at, "final_val_nats": round(result.last_val.nats_per_char, 4),
-        "best_val_nats": round(result.best_val, 4), "best_val_bpc": round(result.best_val / math.log(2), 4),
-        "best_val_nats_fp32": round(fp32.nats_per_char, 4), "best_val_bpc_fp32": round(fp32.bits_per_char, 4),
+        "corpus": str(args.corpus),
+        "minutes": args.minutes,
+        "steps": result.step,
+        "model": ckpt["model_config"],
+        "train": {k: v for k, v in ckpt["train_config"].items()},
+        "val_nats_at_minutes": at,
+        "final_val_nats": round(result.last_val.nats_per_char, 4),
+        "best_val_nats": round(result.best_val, 4),
+        "best_val_bpc": round(result.best_val / math.log(2), 4),
+        "best_val_nats_fp32": round(fp32.nats_per_char, 4),
+        "best_val_bpc_fp32": round(fp32.bits_per_char, 4),
         "train_chars_per_s_median": sorted(rates)[len(rates) // 2] if rates else None,
         "precision": ckpt.get("precision"),
     }
-    print(f"final: best val {summary['best_val_nats']:.4f} nats/char ({summary['best_val_bpc']:.4f} bpc); "
-          f"fp32 re-score {summary['best_val_nats_fp32']:.4f} ({summary['best_val_bpc_fp32']:.4f} bpc)")
+    print(
+        f"final: best val {summary['best_val_nats']:.4f} nats/char ({summary['best_val_bpc']:.4f} bpc); "
+        f"fp32 re-score {summary['best_val_nats_fp32']:.4f} ({summary['best_val_bpc_fp32']:.4f} bpc)"
+    )
     print("RESULT " + json.dumps(summary))
     if args.out is None:
         shutil.rmtree(out.parent, ignore_errors=True)

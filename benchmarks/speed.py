@@ -52,25 +52,32 @@ def matmul_gflops(m: int, k: int, n: int, dtype: torch.dtype, repeats: int) -> f
 
 
 def roofline(repeats: int) -> dict:
-    shapes = {"4096x4096x4096": (4096, 4096, 4096),
-              "lstm512 input proj (8192x512x2048)": (8192, 512, 2048),
-              "lstm512 recurrent step (64x512x2048)": (64, 512, 2048)}
+    shapes = {
+        "4096x4096x4096": (4096, 4096, 4096),
+        "lstm512 input proj (8192x512x2048)": (8192, 512, 2048),
+        "lstm512 recurrent step (64x512x2048)": (64, 512, 2048),
+    }
     out = {}
     for name, (m, k, n) in shapes.items():
-        out[name] = {p: round(matmul_gflops(m, k, n, dt, repeats), 1)
-                     for p, dt in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
-        print(f"  matmul {name:40s} fp32 {out[name]['fp32']:8.1f} GFLOP/s   bf16 {out[name]['bf16']:8.1f} GFLOP/s",
-              flush=True)
+        out[name] = {
+            p: round(matmul_gflops(m, k, n, dt, repeats), 1)
+            for p, dt in (("fp32", torch.float32), ("bf16", torch.bfloat16))
+        }
+        print(
+            f"  matmul {name:40s} fp32 {out[name]['fp32']:8.1f} GFLOP/s   bf16 {out[name]['bf16']:8.1f} GFLOP/s",
+            flush=True,
+        )
     return out
 
 
 def write_corpus(path: Path, n_bytes: int, seed: int = 0) -> None:
     """Pseudo-text from a fixed word list, written in 1 MB blocks (memory stays flat)."""
     rng = np.random.default_rng(seed)
-    words = np.array("the and of to my that in you is not with it for be his your this but he have as thou so "
-                     "him will me what by all are her do no shall if lord good now thee love more king then sir "
-                     "well come let our at how say night death heart time eyes day make speak upon ROMEO: JULIET:"
-                     .split())
+    words = np.array(
+        "the and of to my that in you is not with it for be his your this but he have as thou so "
+        "him will me what by all are her do no shall if lord good now thee love more king then sir "
+        "well come let our at how say night death heart time eyes day make speak upon ROMEO: JULIET:".split()
+    )
     with open(path, "w", encoding="utf-8") as f:
         written = 0
         while written < n_bytes:
@@ -82,8 +89,14 @@ def write_corpus(path: Path, n_bytes: int, seed: int = 0) -> None:
 
 def train_throughput(corpus: Path, cell: str, hidden: int, precision: str, repeats: int, tmp: Path) -> dict:
     flags = {"seq_len": 128, "batch_size": 64, "device": "cpu", "precision": precision, "steps": 10**9}
-    trainer = Trainer(corpus, {"model": cell, "hidden": hidden, "layers": 2}, flags,
-                      tmp / f"run-{cell}{hidden}-{precision}", False, None)
+    trainer = Trainer(
+        corpus,
+        {"model": cell, "hidden": hidden, "layers": 2},
+        flags,
+        tmp / f"run-{cell}{hidden}-{precision}",
+        False,
+        None,
+    )
     trainer._t0 = time.perf_counter()
 
     def step() -> None:
@@ -93,8 +106,12 @@ def train_throughput(corpus: Path, cell: str, hidden: int, precision: str, repea
     t = median_time(step, repeats, warmup=3)
     chars = 64 * 128 / t
     n_params = count_parameters(trainer.model, non_embedding=True)
-    return {"chars_per_s": round(chars), "tflops": round(6 * n_params * chars / 1e12, 3), "params": n_params,
-            "dtype": str(trainer.dtype).removeprefix("torch.")}
+    return {
+        "chars_per_s": round(chars),
+        "tflops": round(6 * n_params * chars / 1e12, 3),
+        "params": n_params,
+        "dtype": str(trainer.dtype).removeprefix("torch."),
+    }
 
 
 def sample_rate(model: CharRNN, num: int, length: int, repeats: int, naive: bool = False) -> float:
@@ -108,9 +125,22 @@ def first_char_seconds(ckpt: Path, repeats: int) -> float:
     times = []
     for _ in range(repeats):
         t = time.perf_counter()
-        proc = subprocess.Popen([sys.executable, "-m", "charrnn", "sample", "--checkpoint", str(ckpt),
-                                 "--length", "200", "--prime", "ROMEO:"], stdout=subprocess.PIPE,
-                                stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "charrnn",
+                "sample",
+                "--checkpoint",
+                str(ckpt),
+                "--length",
+                "200",
+                "--prime",
+                "ROMEO:",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )
         proc.stdout.read(len("ROMEO:") + 1)  # the echoed prime, then the first sampled character
         times.append(time.perf_counter() - t)
         proc.wait()
@@ -137,7 +167,8 @@ TRAIN_RSS = textwrap.dedent("""
     torch.set_num_threads(2)
     from charrnn.train import Trainer
     t = time.perf_counter()
-    trainer = Trainer(sys.argv[1], {"hidden": 256}, {"steps": 20, "eval_every": 10**6, "val_frac": 0.001}, sys.argv[2], False, None)
+    flags = {"steps": 20, "eval_every": 10**6, "val_frac": 0.001, "batch_size": 16}
+    trainer = Trainer(sys.argv[1], {"hidden": 256, "layers": 2}, flags, sys.argv[2], False, None)
     ready = time.perf_counter() - t
     trainer.run()
     print(json.dumps({"start_seconds": ready, "peak_rss_mb": HWM}))
@@ -159,13 +190,22 @@ def corpus_prep(tmp: Path, mb: int) -> dict:
     cold = run_json(PREP, str(path), env=env)
     warm = [run_json(PREP, str(path), env=env) for _ in range(3)]
     training = run_json(TRAIN_RSS, str(path), str(tmp / "bigrun"), env=env)
-    result = {"mb": mb, "prepare_seconds": round(cold["seconds"], 2), "prepare_peak_rss_mb": round(cold["peak_rss_mb"]),
-              "cache_hit_seconds": round(statistics.median(w["seconds"] for w in warm), 3),
-              "train_start_seconds_cache_hit": round(training["start_seconds"], 3),
-              "train_peak_rss_mb": round(training["peak_rss_mb"]), "vocab": cold["vocab"], "dtype": cold["dtype"]}
-    print(f"  prepare {result['prepare_seconds']} s (peak RSS {result['prepare_peak_rss_mb']} MB); cache hit "
-          f"{result['cache_hit_seconds']} s; Trainer ready {result['train_start_seconds_cache_hit']} s after "
-          f"its call on a cache hit (torch already imported); training peak RSS {result['train_peak_rss_mb']} MB", flush=True)
+    result = {
+        "mb": mb,
+        "prepare_seconds": round(cold["seconds"], 2),
+        "prepare_peak_rss_mb": round(cold["peak_rss_mb"]),
+        "cache_hit_seconds": round(statistics.median(w["seconds"] for w in warm), 3),
+        "train_start_seconds_cache_hit": round(training["start_seconds"], 3),
+        "train_peak_rss_mb": round(training["peak_rss_mb"]),
+        "vocab": cold["vocab"],
+        "dtype": cold["dtype"],
+    }
+    print(
+        f"  prepare {result['prepare_seconds']} s (peak RSS {result['prepare_peak_rss_mb']} MB); cache hit "
+        f"{result['cache_hit_seconds']} s; Trainer ready {result['train_start_seconds_cache_hit']} s after "
+        f"its call on a cache hit (torch already imported); training peak RSS {result['train_peak_rss_mb']} MB",
+        flush=True,
+    )
     return result
 
 
@@ -176,10 +216,16 @@ def main() -> None:
     repeats = 3 if args.quick else 7
     tmp = Path(tempfile.mkdtemp(prefix="charrnn-speed-"))
     os.environ.setdefault("CHARRNN_CACHE", str(tmp / "cache"))
-    result: dict = {"torch": torch.__version__, "threads": torch.get_num_threads(),
-                    "default_dtype_cpu": str(pick_dtype("auto", torch.device("cpu"))).removeprefix("torch.")}
-    print(f"charrnn speed benchmark: torch {torch.__version__}, {torch.get_num_threads()} threads, default CPU "
-          f"precision {result['default_dtype_cpu']}", flush=True)
+    result: dict = {
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "default_dtype_cpu": str(pick_dtype("auto", torch.device("cpu"))).removeprefix("torch."),
+    }
+    print(
+        f"charrnn speed benchmark: torch {torch.__version__}, {torch.get_num_threads()} threads, default CPU "
+        f"precision {result['default_dtype_cpu']}",
+        flush=True,
+    )
 
     print("1. matmul roofline", flush=True)
     result["roofline_gflops"] = roofline(repeats)
@@ -195,11 +241,15 @@ def main() -> None:
         for precision in ("fp32", "auto"):
             r = train_throughput(small, cell, hidden, precision, repeats, tmp)
             r["fraction_of_fp32_roofline"] = round(r["tflops"] * 1000 / peak["fp32"], 3)
-            r["fraction_of_own_dtype_roofline"] = round(r["tflops"] * 1000 / peak["fp32" if r["dtype"] == "float32" else "bf16"], 3)
+            r["fraction_of_own_dtype_roofline"] = round(
+                r["tflops"] * 1000 / peak["fp32" if r["dtype"] == "float32" else "bf16"], 3
+            )
             result["train"][f"{cell}2x{hidden}/{precision}"] = r
-            print(f"  {cell} 2x{hidden} {precision:4s} ({r['dtype']:8s}) {r['chars_per_s']:>9,} chars/s  "
-                  f"{r['tflops'] * 1000:7.1f} GFLOP/s = {r['fraction_of_fp32_roofline']:.0%} of the fp32 matmul rate",
-                  flush=True)
+            print(
+                f"  {cell} 2x{hidden} {precision:4s} ({r['dtype']:8s}) {r['chars_per_s']:>9,} chars/s  "
+                f"{r['tflops'] * 1000:7.1f} GFLOP/s = {r['fraction_of_fp32_roofline']:.0%} of the fp32 matmul rate",
+                flush=True,
+            )
         fp32, auto = (result["train"][f"{cell}2x{hidden}/{p}"]["chars_per_s"] for p in ("fp32", "auto"))
         result["train"][f"{cell}2x{hidden}/speedup"] = round(auto / fp32, 2)
         print(f"  {cell} 2x{hidden} default precision / fp32 = {auto / fp32:.2f}x", flush=True)
@@ -216,10 +266,15 @@ def main() -> None:
         if hidden == 512:
             naive = sample_rate(model, 1, 200, 3, naive=True)
             result["sample"]["lstm2x512/naive_nn_lstm_loop"] = round(naive)
-            print(f"  lstm 2x512 naive nn.LSTM step loop: {naive:,.0f} chars/s "
-                  f"(charrnn is {result['sample']['lstm2x512/num1'] / naive:.1f}x faster)", flush=True)
+            print(
+                f"  lstm 2x512 naive nn.LSTM step loop: {naive:,.0f} chars/s "
+                f"(charrnn is {result['sample']['lstm2x512/num1'] / naive:.1f}x faster)",
+                flush=True,
+            )
             ckpt = tmp / "lstm512.pt"
-            checkpoint.save({"model": model.state_dict(), "model_config": to_dict(model.cfg), "vocab": VOCAB.chars}, ckpt)
+            checkpoint.save(
+                {"model": model.state_dict(), "model_config": to_dict(model.cfg), "vocab": VOCAB.chars}, ckpt
+            )
             result["first_char_seconds"] = round(first_char_seconds(ckpt, 5 if not args.quick else 3), 3)
             print(f"  first character of `charrnn sample` {result['first_char_seconds']} s after launch", flush=True)
 

@@ -42,8 +42,10 @@ def save(payload: dict[str, Any], path: Path) -> None:
         os.replace(tmp, path)
     except OSError as e:
         tmp.unlink(missing_ok=True)
-        raise CharRNNError(f"could not write checkpoint {path}: {e.strerror or e} (free some disk space "
-                           "or choose another --out); the previous checkpoint is kept") from None
+        raise CharRNNError(
+            f"could not write checkpoint {path}: {e.strerror or e} (free some disk space "
+            "or choose another --out); the previous checkpoint is kept"
+        ) from None
     _fsync_dir(path.parent)
 
 
@@ -71,20 +73,33 @@ def load(path: Path) -> dict[str, Any]:
         raise CharRNNError(f"checkpoint {path} is empty (0 bytes): it was never fully written; use another one")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, KeyError,
-            IndexError) as e:
+    except (
+        pickle.UnpicklingError,
+        RuntimeError,
+        EOFError,
+        zipfile.BadZipFile,
+        ValueError,
+        OSError,
+        KeyError,
+        IndexError,
+    ) as e:
         if isinstance(e, pickle.UnpicklingError) and "global" in str(e).lower():
             # torch's weights-only unpickler met a class or function reference: code, not data
-            raise CharRNNError(f"refusing to load {path}: it holds code or objects, not plain data, and "
-                               "charrnn only loads weights (never open checkpoints you do not trust)") from None
-        raise CharRNNError(f"{path} is not a readable checkpoint: it is truncated or corrupt "
-                           "(copy it again, or use another one)") from None
+            raise CharRNNError(
+                f"refusing to load {path}: it holds code or objects, not plain data, and "
+                "charrnn only loads weights (never open checkpoints you do not trust)"
+            ) from None
+        raise CharRNNError(
+            f"{path} is not a readable checkpoint: it is truncated or corrupt (copy it again, or use another one)"
+        ) from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CharRNNError(f"{path} is a torch file but not a charrnn checkpoint")
     version = ckpt.get("version")
     if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise CharRNNError(f"{path} has checkpoint format {version!r}, newer than this charrnn understands "
-                           f"({FORMAT_VERSION}): upgrade charrnn (pip install -U charrnn)")
+        raise CharRNNError(
+            f"{path} has checkpoint format {version!r}, newer than this charrnn understands "
+            f"({FORMAT_VERSION}): upgrade charrnn (pip install -U charrnn)"
+        )
     for key in ("model_config", "model", "vocab"):
         if key not in ckpt:
             raise CharRNNError(f"{path} is not a complete charrnn checkpoint: it has no {key!r}")
@@ -131,8 +146,15 @@ def resolve(spec: Path | str | None, root: Path = RUNS_DIR) -> Path:
         return found
     if BUNDLED.is_file():
         return BUNDLED
-    raise CharRNNError(f"no checkpoint found under ./{root} (train one first: `charrnn train`, or pass "
-                       "--checkpoint PATH)")
+    raise CharRNNError(
+        f"no checkpoint found under ./{root} (train one first: `charrnn train`, or pass --checkpoint PATH)"
+    )
+
+
+def _corpus_where(recorded: str) -> str:
+    """The corpus's path where it is on this machine (a local run), else only its file name: a path from
+    the disk of whoever trained the model means nothing here."""
+    return recorded if Path(recorded).is_file() else Path(recorded).name
 
 
 def describe(path: Path) -> dict[str, Any]:
@@ -147,14 +169,15 @@ def describe(path: Path) -> dict[str, Any]:
     dropout = "auto" if cfg.dropout is None else cfg.dropout  # None: saved before a time budget settled it
     return {
         "model": f"{cfg.model} {cfg.layers}x{cfg.hidden} (embed {cfg.embed}, dropout {dropout}"
-                 f"{', locked' if cfg.locked_dropout else ''}"
-                 f"{f', weight drop {cfg.weight_drop:g}' if cfg.weight_drop else ''}"
-                 f"{', tied' if cfg.tie_weights else ''})",
+        f"{', locked' if cfg.locked_dropout else ''}"
+        f"{f', weight drop {cfg.weight_drop:g}' if cfg.weight_drop else ''}"
+        f"{', tied' if cfg.tie_weights else ''})",
         "parameters": f"{count_parameters(model):,}",
+        **({"shape chosen": ckpt["sizing"]} if ckpt.get("sizing") else {}),
         "vocabulary": f"{len(vocab)} characters: {vocab.preview()}",
         "steps": f"{ckpt.get('step', 0):,}",
         "training time": f"{ckpt.get('elapsed', 0.0):,.1f} s",
         "best val loss": "n/a" if best is None else f"{best:.4f} nats/char ({best / math.log(2):.4f} bpc)",
-        "corpus": f"{corpus.get('path', '?')} ({corpus.get('size', 0):,} bytes)",
+        "corpus": f"{_corpus_where(corpus.get('path', '?'))} ({corpus.get('size', 0):,} bytes)",
         "bundled": "yes (the model shipped with charrnn)" if Path(path).resolve() == BUNDLED.resolve() else "no",
     }

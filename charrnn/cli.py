@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -17,9 +18,19 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from typer.core import TyperCommand, TyperGroup
 
-from charrnn.config import DEFAULT_MINUTES, DROPOUT_PASSES, DROPOUT_RANGE, ModelConfig, SampleConfig, TrainConfig
+from charrnn.config import (
+    DEFAULT_MINUTES,
+    DROPOUT_PASSES,
+    DROPOUT_RANGE,
+    LR_REF_HIDDEN,
+    ModelConfig,
+    SampleConfig,
+    TrainConfig,
+)
 from charrnn.errors import CharRNNError
+
 
 def _usage_error_types() -> tuple[type[Exception], ...]:
     """Typer >= 0.2x vendors click and raises its own exception types; older typer raises click's."""
@@ -35,7 +46,33 @@ def _usage_error_types() -> tuple[type[Exception], ...]:
     return tuple(found)
 
 
+class _FlagsTakeNoValue:
+    """typer >= 0.2x prints a flag's Python type beside it (`--resume <bool>`, even `--help <bool>`), which
+    reads as if the flag wanted a value; an empty metavar leaves that column blank for flags."""
+
+    def get_help_option(self, ctx: Any) -> Any:
+        option = super().get_help_option(ctx)
+        if option is not None:
+            option.metavar = ""
+        return option
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        for param in self.params:
+            if getattr(param, "is_flag", False):
+                param.metavar = ""
+        super().format_help(ctx, formatter)
+
+
+class _Command(_FlagsTakeNoValue, TyperCommand):
+    pass
+
+
+class _Group(_FlagsTakeNoValue, TyperGroup):
+    pass
+
+
 app = typer.Typer(
+    cls=_Group,
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -44,10 +81,17 @@ app = typer.Typer(
 err = Console(stderr=True, soft_wrap=True)
 out = Console(soft_wrap=True)
 
+ThreadsOpt = Annotated[
+    Optional[int], typer.Option(help="CPU threads for torch and the sampler's BLAS. (default: all cores)")
+]
 CheckpointOpt = Annotated[
     Optional[Path],
-    typer.Option("--checkpoint", "-c", help="A .pt file, or a run folder (its best.pt). Default: the newest "
-                 "run under ./checkpoints, else the bundled Shakespeare model."),
+    typer.Option(
+        "--checkpoint",
+        "-c",
+        help="A .pt file, or a run folder (its best.pt). Default: the newest "
+        "run under ./checkpoints, else the bundled Shakespeare model.",
+    ),
 ]
 
 
@@ -56,69 +100,176 @@ def _given(**flags: Any) -> dict[str, Any]:
     return {k: v for k, v in flags.items() if v is not None}
 
 
-@app.command()
+@app.command(cls=_Command)
 def train(
     corpus: Annotated[Optional[Path], typer.Argument(help="UTF-8 text file. Default: corpora/shakespeare.txt.")] = None,
-    model: Annotated[Optional[str], typer.Option(help=f"lstm, gru or rnn (tanh). (default: {ModelConfig.model})")] = None,
-    layers: Annotated[Optional[int], typer.Option(help=f"Stacked recurrent layers. (default: {ModelConfig.layers})")] = None,
-    hidden: Annotated[Optional[int], typer.Option(help=f"Hidden units per layer. (default: {ModelConfig.hidden})")] = None,
-    embed: Annotated[Optional[int], typer.Option(help=f"Character embedding size. (default: {ModelConfig.embed})")] = None,
-    dropout: Annotated[Optional[float], typer.Option(help=f"Dropout on embeddings, between layers and before the output. (default: {DROPOUT_RANGE[0]:g}, rising to {DROPOUT_RANGE[1]:g} when the budget reads the training text {DROPOUT_PASSES[0]:g}-{DROPOUT_PASSES[1]:g}+ times)")] = None,
-    locked_dropout: Annotated[Optional[bool], typer.Option("--locked-dropout/--no-locked-dropout", help="One dropout mask per window instead of per character. (default: off)")] = None,
-    weight_drop: Annotated[Optional[float], typer.Option(help=f"DropConnect on the recurrent weights (AWD-LSTM). (default: {ModelConfig.weight_drop:g})")] = None,
-    tie_weights: Annotated[Optional[bool], typer.Option("--tie-weights/--no-tie-weights", help="Share the embedding and output weights; needs --embed equal to --hidden. (default: off)")] = None,
-    seq_len: Annotated[Optional[int], typer.Option(help=f"Truncated-BPTT window length. (default: {TrainConfig.seq_len})")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help=f"Contiguous streams per step, global across processes. (default: {TrainConfig.batch_size})")] = None,
-    lr: Annotated[Optional[float], typer.Option(help=f"Peak learning rate (warmup, then cosine decay to the end of the budget). (default: {TrainConfig.lr})")] = None,
-    weight_decay: Annotated[Optional[float], typer.Option(help=f"AdamW weight decay on matrices. (default: {TrainConfig.weight_decay})")] = None,
-    clip: Annotated[Optional[float], typer.Option(help=f"Global gradient-norm clip. (default: {TrainConfig.clip})")] = None,
+    model: Annotated[
+        Optional[str],
+        typer.Option(help="lstm, gru or rnn (tanh). (default: gru for short budgets, else lstm)"),
+    ] = None,
+    layers: Annotated[
+        Optional[int], typer.Option(help="Stacked recurrent layers. (default: chosen for the machine and budget)")
+    ] = None,
+    hidden: Annotated[
+        Optional[int], typer.Option(help="Hidden units per layer. (default: chosen for the machine and budget)")
+    ] = None,
+    embed: Annotated[
+        Optional[int], typer.Option(help=f"Character embedding size. (default: {ModelConfig.embed})")
+    ] = None,
+    dropout: Annotated[
+        Optional[float],
+        typer.Option(
+            help="Dropout on embeddings, between layers and before the output. "
+            f"(default: {DROPOUT_RANGE[0]:g}, rising to {DROPOUT_RANGE[1]:g} when the budget reads the training "
+            f"text {DROPOUT_PASSES[0]:g}-{DROPOUT_PASSES[1]:g}+ times)"
+        ),
+    ] = None,
+    locked_dropout: Annotated[
+        Optional[bool],
+        typer.Option(
+            "--locked-dropout/--no-locked-dropout",
+            help="One dropout mask per window instead of per character. (default: off)",
+        ),
+    ] = None,
+    weight_drop: Annotated[
+        Optional[float],
+        typer.Option(help=f"DropConnect on the recurrent weights (AWD-LSTM). (default: {ModelConfig.weight_drop:g})"),
+    ] = None,
+    tie_weights: Annotated[
+        Optional[bool],
+        typer.Option(
+            "--tie-weights/--no-tie-weights",
+            help="Share the embedding and output weights; needs --embed equal to --hidden. (default: off)",
+        ),
+    ] = None,
+    seq_len: Annotated[
+        Optional[int], typer.Option(help=f"Truncated-BPTT window length. (default: {TrainConfig.seq_len})")
+    ] = None,
+    batch_size: Annotated[
+        Optional[int],
+        typer.Option(
+            help="Contiguous streams per step, global across processes. (default: chosen for the machine and budget)"
+        ),
+    ] = None,
+    lr: Annotated[
+        Optional[float],
+        typer.Option(
+            help="Peak learning rate (warmup, then cosine decay to the end of the budget). "
+            f"(default: {TrainConfig.lr} x {LR_REF_HIDDEN} / hidden)"
+        ),
+    ] = None,
+    weight_decay: Annotated[
+        Optional[float], typer.Option(help=f"AdamW weight decay on matrices. (default: {TrainConfig.weight_decay})")
+    ] = None,
+    clip: Annotated[
+        Optional[float], typer.Option(help=f"Global gradient-norm clip. (default: {TrainConfig.clip})")
+    ] = None,
     steps: Annotated[Optional[int], typer.Option(help="Stop after this many steps (total, when resuming).")] = None,
-    minutes: Annotated[Optional[float], typer.Option(help=f"Wall-clock budget; stops at whichever of --steps/--minutes comes first. (default: {DEFAULT_MINUTES:g} if --steps is not given)")] = None,
-    val_frac: Annotated[Optional[float], typer.Option(help=f"Fraction at the end of the corpus held out for validation. (default: {TrainConfig.val_frac})")] = None,
-    eval_every: Annotated[Optional[int], typer.Option(help=f"Validate and save every N steps. (default: {TrainConfig.eval_every})")] = None,
-    out: Annotated[Optional[Path], typer.Option(help="Run folder. (default: checkpoints/<corpus name>, numbered if taken)")] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out (or checkpoints/<corpus name>) from its last.pt.")] = False,
+    minutes: Annotated[
+        Optional[float],
+        typer.Option(
+            help="Wall-clock budget; stops at whichever of --steps/--minutes comes first. "
+            f"(default: {DEFAULT_MINUTES:g} if --steps is not given)"
+        ),
+    ] = None,
+    val_frac: Annotated[
+        Optional[float],
+        typer.Option(
+            help=f"Fraction at the end of the corpus held out for validation. (default: {TrainConfig.val_frac})"
+        ),
+    ] = None,
+    val_chars: Annotated[
+        Optional[int],
+        typer.Option(help="Validate on only the first N characters of the split, for huge corpora. (default: all)"),
+    ] = None,
+    eval_every: Annotated[
+        Optional[int], typer.Option(help=f"Validate and save every N steps. (default: {TrainConfig.eval_every})")
+    ] = None,
+    out: Annotated[
+        Optional[Path], typer.Option(help="Run folder. (default: checkpoints/<corpus name>, numbered if taken)")
+    ] = None,
+    resume: Annotated[
+        bool,
+        typer.Option("--resume", help="Continue the run in --out (or checkpoints/<corpus name>) from its last.pt."),
+    ] = False,
     device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda or mps. (default: auto)")] = None,
-    precision: Annotated[Optional[str], typer.Option(help="auto, fp32, bf16 or fp16 (GPU). auto: bf16 where the hardware has it. (default: auto)")] = None,
+    precision: Annotated[
+        Optional[str],
+        typer.Option(help="auto, fp32, bf16 or fp16 (GPU). auto: bf16 where the hardware has it. (default: auto)"),
+    ] = None,
     seed: Annotated[Optional[int], typer.Option(help=f"Random seed. (default: {TrainConfig.seed})")] = None,
+    threads: ThreadsOpt = None,
 ) -> int:
     """Train a character-level model on a text file, saving best.pt and last.pt in the run folder."""
+    from charrnn.devices import set_threads
     from charrnn.train import train as run_training
 
-    model_flags = _given(model=model, layers=layers, hidden=hidden, embed=embed, dropout=dropout,
-                         locked_dropout=locked_dropout, weight_drop=weight_drop, tie_weights=tie_weights)
-    train_flags = _given(seq_len=seq_len, batch_size=batch_size, lr=lr, weight_decay=weight_decay, clip=clip,
-                         steps=steps, minutes=minutes, val_frac=val_frac, eval_every=eval_every, device=device,
-                         precision=precision, seed=seed)
+    set_threads(threads)
+    model_flags = _given(
+        model=model,
+        layers=layers,
+        hidden=hidden,
+        embed=embed,
+        dropout=dropout,
+        locked_dropout=locked_dropout,
+        weight_drop=weight_drop,
+        tie_weights=tie_weights,
+    )
+    train_flags = _given(
+        seq_len=seq_len,
+        batch_size=batch_size,
+        lr=lr,
+        weight_decay=weight_decay,
+        clip=clip,
+        steps=steps,
+        minutes=minutes,
+        val_frac=val_frac,
+        val_chars=val_chars,
+        eval_every=eval_every,
+        device=device,
+        precision=precision,
+        seed=seed,
+    )
     with TrainDisplay(err) as display:
         result = run_training(corpus, model_flags, train_flags, out, resume, display.update)
     if result.rank == 0:  # under torchrun only rank 0 speaks
         display.summary(result)
         if result.signal:
-            launcher = (["charrnn"] if result.world == 1
-                        else ["torchrun", "--nproc-per-node", str(result.world), "-m", "charrnn"])
+            launcher = (
+                ["charrnn"]
+                if result.world == 1
+                else ["torchrun", "--nproc-per-node", str(result.world), "-m", "charrnn"]
+            )
             command = shlex.join([*launcher, "train", "--resume", "--out", str(result.run_dir)])
             err.print(f"[yellow]stopped at step {result.step}[/]; resume with: [bold]{escape(command)}[/]")
     return 128 + result.signal if result.signal else 0
 
 
-@app.command()
+@app.command(cls=_Command)
 def sample(
     checkpoint: CheckpointOpt = None,
-    temp: Annotated[float, typer.Option(help="Temperature; 0 means greedy (always the likeliest character).")] = SampleConfig.temp,
+    temp: Annotated[
+        float, typer.Option(help="Temperature; 0 means greedy (always the likeliest character).")
+    ] = SampleConfig.temp,
     length: Annotated[int, typer.Option(help="Characters to generate, not counting the prime.")] = SampleConfig.length,
-    prime: Annotated[Optional[str], typer.Option(help="Text to start from (warms the state). (default: a newline)")] = None,
+    prime: Annotated[
+        Optional[str], typer.Option(help="Text to start from (warms the state). (default: a newline)")
+    ] = None,
     top_k: Annotated[Optional[int], typer.Option(help="Sample only among the k likeliest characters.")] = None,
-    top_p: Annotated[Optional[float], typer.Option(help="Sample only among the likeliest characters whose probabilities sum to p.")] = None,
+    top_p: Annotated[
+        Optional[float], typer.Option(help="Sample only among the likeliest characters whose probabilities sum to p.")
+    ] = None,
     seed: Annotated[Optional[int], typer.Option(help="Same seed, same text.")] = None,
     num: Annotated[int, typer.Option(help="Independent samples, generated together as one batch.")] = SampleConfig.num,
     device: Annotated[str, typer.Option(help="cpu (fastest for a few streams), cuda, mps or auto.")] = "cpu",
+    threads: ThreadsOpt = None,
 ) -> int:
     """Generate text from a trained model, streaming it to stdout."""
     from charrnn import checkpoint as ckpt_io
-    from charrnn.devices import pick_device
+    from charrnn.devices import pick_device, set_threads
     from charrnn.sample import generate
 
+    set_threads(threads)
     cfg = SampleConfig(**_given(temp=temp, length=length, prime=prime, top_k=top_k, top_p=top_p, seed=seed, num=num))
     dev = pick_device(device)
     path = ckpt_io.resolve(checkpoint)
@@ -127,8 +278,9 @@ def sample(
     err.print(f"[dim]model: {escape(str(path))}[/]")
     unknown = vocab.unknown(cfg.prime) if prime is not None else ""
     if unknown:
-        err.print(f"[yellow]warning:[/] prime characters not in the model's vocabulary were skipped: "
-                  f"{escape(repr(unknown))}")
+        err.print(
+            f"[yellow]warning:[/] prime characters not in the model's vocabulary were skipped: {escape(repr(unknown))}"
+        )
     echo = "".join(c for c in cfg.prime if c in vocab) if prime is not None else ""
     stream = sys.stdout
     if cfg.num == 1:
@@ -148,11 +300,15 @@ def sample(
     return 0
 
 
-@app.command("eval")
+@app.command("eval", cls=_Command)
 def eval_(
-    file: Annotated[Optional[Path], typer.Argument(help="Text to score. Default: the validation split of the run's corpus.")] = None,
+    file: Annotated[
+        Optional[Path], typer.Argument(help="Text to score. Default: the validation split of the run's corpus.")
+    ] = None,
     checkpoint: CheckpointOpt = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout instead of a table.")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print one JSON object on stdout instead of a table.")
+    ] = False,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto",
 ) -> int:
     """Score a text: nats/char, bits/char and perplexity."""
@@ -172,7 +328,7 @@ def eval_(
     return 0
 
 
-@app.command()
+@app.command(cls=_Command)
 def info(checkpoint: CheckpointOpt = None) -> int:
     """Describe a checkpoint: model, size, vocabulary, training so far."""
     from charrnn import checkpoint as ckpt_io
@@ -189,19 +345,33 @@ class TrainDisplay:
     """A rich progress bar on stderr fed by the training loop's events, then a summary table."""
 
     def __init__(self, console: Console) -> None:
-        from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn, \
-            TimeRemainingColumn
+        from rich.progress import (
+            BarColumn,
+            Progress,
+            TaskProgressColumn,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
 
         self.console = console
         self.progress = Progress(
-            TextColumn("[bold]train[/]"), BarColumn(), TaskProgressColumn(), TextColumn("{task.fields[step]}"),
-            TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[stats]}"),
-            console=console, transient=False, refresh_per_second=4,
+            TextColumn("[bold]train[/]"),
+            BarColumn(),
+            TaskProgressColumn(),
+            TextColumn("{task.fields[step]}"),
+            TimeElapsedColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[stats]}"),
+            console=console,
+            transient=False,
+            refresh_per_second=4,
         )
         self.task = self.progress.add_task("train", total=1.0, step="", stats="")
         self.val = ""
 
-    def __enter__(self) -> "TrainDisplay":
+    def __enter__(self) -> TrainDisplay:
         self.started = False  # the bar appears with the first step, so an early error stays one line
         return self
 
@@ -221,7 +391,9 @@ class TrainDisplay:
             self.val = f"val {event.val.nats_per_char:.3f} ({event.val.bits_per_char:.3f} bpc)"
             self.progress.console.print(
                 f"step {event.step:>6}  train {event.loss or float('nan'):.3f}  {self.val}  "
-                f"lr {event.lr:.2e}  {event.chars_per_s:,.0f} chars/s", highlight=False)
+                f"lr {event.lr:.2e}  {event.chars_per_s:,.0f} chars/s",
+                highlight=False,
+            )
         steps = f"step {event.step}" + (f"/{event.total_steps}" if event.total_steps else "")
         loss = f"loss {event.loss:.3f}" if event.loss is not None else ""
         stats = "  ".join(x for x in (loss, self.val, f"{event.chars_per_s:,.0f} chars/s") if x)
@@ -244,7 +416,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         code = app(args=argv, prog_name="charrnn", standalone_mode=False)
     except CharRNNError as e:
-        err.print(f"[bold red]error:[/] {escape(str(e))}")
+        if os.environ.get("RANK", "0") == "0":  # under torchrun every rank meets the same error: rank 0 says it
+            err.print(f"[bold red]error:[/] {escape(str(e))}")
         sys.exit(1)
     except _usage_error_types() as e:
         ctx = getattr(e, "ctx", None)

@@ -64,15 +64,20 @@ class TrainConfig:
     """How to train; stored in checkpoints so that --resume continues the same schedule."""
 
     seq_len: int = 128  # Window length of truncated BPTT; state still flows across windows.
-    batch_size: int = 16  # Streams per step (global across ranks): on a CPU budget more, smaller steps win (benchmarks/README.md).
-    lr: float = 3e-3  # Peak AdamW learning rate; high is fine with warmup and clipping.
+    batch_size: int = (
+        16  # Streams per step (global across ranks): on a CPU budget more, smaller steps win (benchmarks/README.md).
+    )
+    lr: float = 3e-3  # Peak AdamW rate at LR_REF_HIDDEN units; unless --lr is given it scales as auto_lr.
     min_lr_frac: float = 0.05  # Cosine decay ends at this fraction of --lr when the budget runs out.
     warmup_steps: int = 50  # Linear warmup: Adam's early steps are noisy at a high rate.
-    weight_decay: float = 0.1  # Decoupled (AdamW), on matrices only: 0.1 beat 0.01 at 15 minutes (benchmarks/README.md).
+    weight_decay: float = (
+        0.1  # Decoupled (AdamW), on matrices only: 0.1 beat 0.01 at 15 minutes (benchmarks/README.md).
+    )
     clip: float = 1.0  # Global gradient-norm clip: RNN gradients occasionally explode.
     steps: int | None = None  # Optimizer steps; None means only --minutes bounds the run.
     minutes: float | None = None  # Wall-clock budget; None with no --steps means DEFAULT_MINUTES.
     val_frac: float = 0.1  # Last 10% is validation, the split nanoGPT's shakespeare_char uses.
+    val_chars: int | None = None  # Validate on only the first N characters of the split; None: all of it.
     eval_every: int = 500  # Steps between validations: about a minute on a 2-core CPU, ~3% of the time.
     seed: int = 1337  # Fixed so two runs with the same flags are the same run.
     device: str = "auto"  # cuda, then mps, then cpu.
@@ -86,14 +91,21 @@ class TrainConfig:
         _check(self.warmup_steps >= 0, "warmup_steps must be >= 0")
         _check(self.weight_decay >= 0, f"--weight-decay must be >= 0, got {self.weight_decay}")
         _check(self.clip > 0, f"--clip must be > 0, got {self.clip}")
-        _check(self.steps is None or (isinstance(self.steps, int) and self.steps >= 1),
-               f"--steps must be >= 1, got {self.steps}")
+        _check(
+            self.steps is None or (isinstance(self.steps, int) and self.steps >= 1),
+            f"--steps must be >= 1, got {self.steps}",
+        )
         _check(self.minutes is None or self.minutes > 0, f"--minutes must be > 0, got {self.minutes}")
         _check(0.0 <= self.val_frac < 0.5, f"--val-frac must be in [0, 0.5), got {self.val_frac}")
         _positive_int(self.eval_every, "--eval-every")
+        _check(
+            self.val_chars is None or (isinstance(self.val_chars, int) and self.val_chars >= 2),
+            f"--val-chars must be a whole number >= 2, got {self.val_chars}",
+        )
         _check(self.device in DEVICES, f"--device must be one of {', '.join(DEVICES)}, got {self.device!r}")
-        _check(self.precision in PRECISIONS,
-               f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        _check(
+            self.precision in PRECISIONS, f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"
+        )
 
     @property
     def budget_seconds(self) -> float | None:
@@ -109,6 +121,32 @@ DEFAULT_MINUTES = 5.0  # With neither --steps nor --minutes, a run is a coffee b
 # linearly to DROPOUT_RANGE[1] at DROPOUT_PASSES[1] passes and beyond (benchmarks/README.md).
 DROPOUT_RANGE = (0.1, 0.25)
 DROPOUT_PASSES = (6.0, 12.0)
+
+
+# Automatic shape (charrnn.sizing): the candidates, smallest first, and what one needs to be worth its cost.
+# On a CPU budget the number of updates matters more than their width, so a shape qualifies only if it
+# makes SIZING_MIN_STEPS effective steps in the budget; the largest that qualifies wins. Fitted from the
+# grid in benchmarks/README.md.
+SIZING_SHAPES = ((2, 128), (2, 192), (2, 256), (2, 384), (2, 512), (3, 512), (2, 768), (3, 768), (3, 1024))
+SIZING_BATCHES = {"cpu": (16, 32), "gpu": (32, 64, 128, 256)}  # a CPU gains no speed from wide batches
+SIZING_REF_BATCH = 16  # effective steps are counted in steps of this batch size (sizing.effective_steps)
+SIZING_MIN_STEPS = 1500.0
+# Automatic cell (no --model): the GRU learns more per step and wins short budgets; once its plan reads the
+# training text AUTO_CELL_PASSES times (where dropout starts to rise) the LSTM is taken (benchmarks/README.md).
+AUTO_CELLS = ("gru", "lstm")
+AUTO_CELL_PASSES = 6.0
+
+
+LR_REF_HIDDEN = 512  # TrainConfig.lr was measured best at this width (benchmarks/README.md)
+
+
+def auto_lr(hidden: int) -> float:
+    """The peak learning rate for a model `hidden` units wide: TrainConfig.lr * LR_REF_HIDDEN / hidden.
+
+    Adam's update moves every weight by about the rate, and a wider layer sums more of those moves into
+    each unit, so the stable and best rate falls as 1/width (the muP rule for hidden matrices). Measured on
+    tiny-shakespeare in 5 minutes: 2x256 reached 1.533 nats/char at 0.006 against 1.613 at 0.003."""
+    return round(TrainConfig.lr * LR_REF_HIDDEN / hidden, 6)
 
 
 def auto_dropout(passes: float) -> float:

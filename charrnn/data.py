@@ -8,9 +8,9 @@ import codecs
 import hashlib
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
@@ -62,7 +62,7 @@ def iter_text(path: Path, chunk_bytes: int = CHUNK_BYTES) -> Iterator[str]:
         while True:
             raw = f.read(chunk_bytes)
             if offset == 0 and raw.startswith(BOM):
-                raw, offset = raw[len(BOM):], len(BOM)
+                raw, offset = raw[len(BOM) :], len(BOM)
             nul = raw.find(b"\0")
             if nul >= 0:
                 raise CharRNNError(

@@ -15,11 +15,27 @@ def pick_device(name: str = "auto") -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "mps" if has_mps else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
-        raise CharRNNError("--device cuda was asked for but this torch sees no CUDA GPU "
-                           "(use --device cpu, or install a CUDA build of torch)")
+        raise CharRNNError(
+            "--device cuda was asked for but this torch sees no CUDA GPU "
+            "(use --device cpu, or install a CUDA build of torch)"
+        )
     if name == "mps" and not has_mps:
         raise CharRNNError("--device mps was asked for but MPS is not available (use --device cpu)")
     return torch.device(name)
+
+
+def set_threads(n: int | None) -> None:
+    """Use n CPU threads for torch and for the sampler's BLAS (None: all cores, the libraries' default).
+
+    People share machines; and fewer threads let a benchmark stand in for a slower CPU."""
+    if n is None:
+        return
+    if n < 1:
+        raise CharRNNError(f"--threads must be a whole number >= 1, got {n}")
+    torch.set_num_threads(n)
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(n)  # numpy's OpenBLAS (or MKL), which the CPU sampler's matrix products run on
 
 
 def cpu_has_fast_bf16() -> bool:

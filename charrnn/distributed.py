@@ -18,8 +18,9 @@ from __future__ import annotations
 import contextlib
 import gc
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -40,8 +41,10 @@ def _peers(rank: int) -> Iterator[None]:
         yield
     except RuntimeError as e:  # DistBackendError is one
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-        raise CharRNNError(f"rank {rank}: another process of this distributed run stopped, so this one stops "
-                           f"too (read the other rank's error; here: {first})") from None
+        raise CharRNNError(
+            f"rank {rank}: another process of this distributed run stopped, so this one stops "
+            f"too (read the other rank's error; here: {first})"
+        ) from None
 
 
 @dataclass
@@ -55,8 +58,9 @@ class Dist:
         return self.rank == 0
 
     @classmethod
-    def from_env(cls) -> "Dist":
-        """Under torchrun (WORLD_SIZE > 1): nccl on GPUs, gloo on CPUs; otherwise a single process.
+    def from_env(cls, device: str = "auto") -> Dist:
+        """Under torchrun (WORLD_SIZE > 1): nccl on GPUs, gloo on CPUs (or with --device cpu, which is
+        honoured on a machine with GPUs too); otherwise a single process.
 
         torchrun sets WORLD_SIZE, RANK, LOCAL_RANK, MASTER_ADDR and MASTER_PORT; the process group is
         joined here, before any collective (DDP's weight broadcast is the first)."""
@@ -65,9 +69,11 @@ class Dist:
             return cls()
         missing = [k for k in ("RANK", "MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
         if missing:
-            raise CharRNNError(f"WORLD_SIZE={world} but {', '.join(missing)} not set: start several processes "
-                               "with `torchrun --nproc-per-node N -m charrnn train ...`")
-        if torch.cuda.is_available():
+            raise CharRNNError(
+                f"WORLD_SIZE={world} but {', '.join(missing)} not set: start several processes "
+                "with `torchrun --nproc-per-node N -m charrnn train ...`"
+            )
+        if torch.cuda.is_available() and device != "cpu":
             local = int(os.environ.get("LOCAL_RANK", "0"))
             torch.cuda.set_device(local)
             device, backend = torch.device("cuda", local), "nccl"
@@ -143,6 +149,15 @@ class Dist:
         with _peers(self.rank):
             dist.all_reduce(t)
         return EvalResult(chars=int(t[0]), nats=float(t[1]))
+
+    def broadcast(self, obj: Any) -> Any:
+        """Rank 0's value of a small picklable object, on every rank."""
+        if self.world == 1:
+            return obj
+        box = [obj]
+        with _peers(self.rank):
+            dist.broadcast_object_list(box, src=0)
+        return box[0]
 
     def agree(self, signum: int | None, elapsed: float) -> tuple[int | None, float]:
         """Every rank stops at the same step and sees the same clock, so schedules never drift apart."""

@@ -7,6 +7,7 @@ windows; the few ids left over at the end continue the last row's state. Only `s
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,8 +41,8 @@ class EvalResult:
 
 
 def _score(model: CharRNN, x: np.ndarray, y: np.ndarray, state: State | None, device, dtype) -> tuple[float, State]:
-    xt = torch.from_numpy(x).to(device)  # (S, W)
-    yt = torch.from_numpy(y).to(device)  # (S, W)
+    xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.int64)).to(device)  # (S, W)
+    yt = torch.from_numpy(np.ascontiguousarray(y, dtype=np.int64)).to(device)  # (S, W)
     with autocast(device, dtype):
         logits, state = model(xt, state)  # (S, W, V)
     nats = F.cross_entropy(logits.float().flatten(0, 1), yt.flatten(), reduction="sum")
@@ -49,9 +50,16 @@ def _score(model: CharRNN, x: np.ndarray, y: np.ndarray, state: State | None, de
 
 
 @torch.no_grad()
-def evaluate(model: CharRNN, ids: np.ndarray, device: torch.device | str = "cpu",
-             dtype: torch.dtype = torch.float32, streams: int = EVAL_STREAMS,
-             window: int = EVAL_WINDOW) -> EvalResult:
+def evaluate(
+    model: CharRNN,
+    ids: np.ndarray,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    streams: int = EVAL_STREAMS,
+    window: int = EVAL_WINDOW,
+    should_stop: Callable[[], bool] | None = None,
+) -> EvalResult | None:
+    """One stateful pass; None if `should_stop` said so part-way (a Ctrl-C during a long validation)."""
     device = torch.device(device)
     n = len(ids)
     if n < 2:
@@ -59,7 +67,7 @@ def evaluate(model: CharRNN, ids: np.ndarray, device: torch.device | str = "cpu"
     was_training = model.training
     model.eval()
     try:
-        ids = np.asarray(ids).astype(np.int64)  # (N,)
+        ids = np.asarray(ids)  # (N,) uint8/16/32, often a memory map: only each window becomes int64
         rows = max(1, min(streams, (n - 1) // window or 1))
         length = (n - 1) // rows  # inputs per row
         grid = ids[: rows * length + 1]
@@ -67,13 +75,16 @@ def evaluate(model: CharRNN, ids: np.ndarray, device: torch.device | str = "cpu"
         y_all = grid[1:].reshape(rows, length)  # (S, L)
         total, state = 0.0, None
         for t in range(0, length, window):
+            if should_stop is not None and should_stop():
+                return None
             nats, state = _score(model, x_all[:, t : t + window], y_all[:, t : t + window], state, device, dtype)
             total += nats
         tail = n - 1 - rows * length
         if tail:
             last = tuple(s[:, -1:].contiguous() for s in state)  # (layers, 1, H): the last row goes on
-            nats, _ = _score(model, ids[None, rows * length : n - 1], ids[None, rows * length + 1 :],
-                             last, device, dtype)
+            nats, _ = _score(
+                model, ids[None, rows * length : n - 1], ids[None, rows * length + 1 :], last, device, dtype
+            )
             total += nats
         return EvalResult(chars=n - 1, nats=total)
     finally:
@@ -105,21 +116,30 @@ def evaluate_checkpoint(path, file=None, device: str = "auto", warn=lambda messa
             raise CharRNNError(f"{path} records no training corpus: give a FILE to score")
         where = Path(corpus["path"])
         if not where.is_file():
-            raise CharRNNError(f"the run's corpus {where} is not there any more (moved or deleted): "
-                               "give the FILE to score, e.g. `charrnn eval corpus.txt`")
+            raise CharRNNError(
+                f"the run's corpus {where} is not there any more (moved or deleted): "
+                "give the FILE to score, e.g. `charrnn eval corpus.txt`"
+            )
         val_frac = from_dict(TrainConfig, ckpt.get("train_config", {})).val_frac
         if val_frac == 0:
             raise CharRNNError("the run trained with --val-frac 0, so it has no validation split: give a FILE")
         digest = data.file_digest(where) if where.stat().st_size == corpus["size"] else None
         if digest != corpus["sha256"]:
-            warn(f"the run's corpus {where} changed since training; scoring the validation split of its "
-                 "current contents")
+            warn(
+                f"the run's corpus {where} changed since training; scoring the validation split of its current contents"
+            )
             all_ids, skipped = data.read_text_ids(where, vocab)
         else:
             all_ids = data.read_corpus(where, digest=digest).ids
         _, ids = data.split(all_ids, val_frac)
         label = f"validation split of {where} (last {val_frac:.0%})"
     result = evaluate(model, ids, dev, pick_dtype("auto", dev))
-    return {"text": label, "chars": result.chars, "nats_per_char": result.nats_per_char,
-            "bits_per_char": result.bits_per_char, "perplexity": result.perplexity,
-            "skipped_unknown": skipped, "checkpoint": str(path)}
+    return {
+        "text": label,
+        "chars": result.chars,
+        "nats_per_char": result.nats_per_char,
+        "bits_per_char": result.bits_per_char,
+        "perplexity": result.perplexity,
+        "skipped_unknown": skipped,
+        "checkpoint": str(path),
+    }

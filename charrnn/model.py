@@ -82,8 +82,10 @@ class CharRNN(nn.Module):
         """DropConnect on the hidden-to-hidden matrices (Merity et al. 2017, AWD-LSTM): one mask per
         window, shared by every time step, so the recurrence is regularised without leaving the fused
         cuDNN/oneDNN kernel; the raw weights stay the parameters and get the gradients."""
-        return {name: F.dropout(w, self.cfg.weight_drop) if name.startswith("weight_hh") else w
-                for name, w in self.rnn.named_parameters()}
+        return {
+            name: F.dropout(w, self.cfg.weight_drop) if name.startswith("weight_hh") else w
+            for name, w in self.rnn.named_parameters()
+        }
 
 
 def detach_state(state: State) -> State:

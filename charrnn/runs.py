@@ -41,7 +41,7 @@ class RunLock:
         self.path = run / ".lock"
         self._fd: int | None = None
 
-    def __enter__(self) -> "RunLock":
+    def __enter__(self) -> RunLock:
         self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         if fcntl is not None:
             try:
@@ -49,8 +49,10 @@ class RunLock:
             except OSError:
                 os.close(self._fd)
                 self._fd = None
-                raise CharRNNError(f"another charrnn train is using {self.path.parent} (wait for it to finish, "
-                                   "or choose another --out)") from None
+                raise CharRNNError(
+                    f"another charrnn train is using {self.path.parent} (wait for it to finish, "
+                    "or choose another --out)"
+                ) from None
         os.ftruncate(self._fd, 0)
         os.write(self._fd, f"{os.getpid()}\n".encode())
         for stale in self.path.parent.glob(".*.tmp-*"):  # half-written files of a killed run: we hold the lock
@@ -74,5 +76,6 @@ def ensure_writable(run: Path) -> None:
             os.fsync(f.fileno())
         probe.unlink()
     except OSError as e:
-        raise CharRNNError(f"cannot write to the run folder {run}: {e.strerror or e} (choose another --out "
-                           "or free some disk space)") from None
+        raise CharRNNError(
+            f"cannot write to the run folder {run}: {e.strerror or e} (choose another --out or free some disk space)"
+        ) from None

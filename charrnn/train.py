@@ -14,16 +14,17 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from charrnn import checkpoint, data
-from charrnn.config import ModelConfig, TrainConfig, auto_dropout, from_dict, to_dict
+from charrnn import checkpoint, data, sizing
+from charrnn.config import ModelConfig, TrainConfig, auto_dropout, auto_lr, from_dict, to_dict
 from charrnn.devices import autocast, pick_device, pick_dtype
 from charrnn.distributed import Dist
 from charrnn.errors import CharRNNError
@@ -36,7 +37,6 @@ PACKAGED_CORPUS = Path(__file__).parent / "corpora" / "shakespeare.txt"
 EMA_DECAY = 0.98  # smoothing of the displayed train loss: about the last 50 steps
 BAD_STEPS_BEFORE_RESTORE = 3  # non-finite steps in a row before going back to the last good state
 MAX_RESTORES = 3  # restores (each halving the learning rate) before giving up
-DROPOUT_AT_STEP = 50  # a time budget's automatic dropout is settled from the speed of the steps before this
 
 
 @dataclass
@@ -106,7 +106,7 @@ class StopSignals:
         self.received: int | None = None
         self._old: dict[int, Any] = {}
 
-    def __enter__(self) -> "StopSignals":
+    def __enter__(self) -> StopSignals:
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
                 self._old[sig] = signal.signal(sig, self._handle)
@@ -124,8 +124,7 @@ class StopSignals:
 FIXED_ON_RESUME = {"seq_len", "batch_size", "val_frac"}
 
 
-def _merge(cls: type, saved: dict[str, Any] | None, flags: dict[str, Any], fixed: set[str] | None,
-           what: str) -> Any:
+def _merge(cls: type, saved: dict[str, Any] | None, flags: dict[str, Any], fixed: set[str] | None, what: str) -> Any:
     """Config from a checkpoint (if resuming) with flags on top; keys in `fixed` (None: all) may not change."""
     if saved is None:
         return cls(**flags)
@@ -134,17 +133,48 @@ def _merge(cls: type, saved: dict[str, Any] | None, flags: dict[str, Any], fixed
         old = getattr(base, key)
         if (fixed is None or key in fixed) and value != old:
             flag = "--" + key.replace("_", "-")
-            raise CharRNNError(f"{flag} {value} contradicts the {what} being resumed ({flag} {old}): "
-                               f"drop the flag to resume, or start a new run with --out")
+            raise CharRNNError(
+                f"{flag} {value} contradicts the {what} being resumed ({flag} {old}): "
+                f"drop the flag to resume, or start a new run with --out"
+            )
     return replace(base, **flags)
+
+
+def _check_same_corpus(saved: dict[str, Any], now: data.CorpusInfo, path: Path, run_dir: Path) -> None:
+    """A resumed run continues at a position in the text and with the state it had there: on other text
+    both would be silently wrong, so any change to the content is refused (the hash says)."""
+    if not saved.get("sha256") or saved["sha256"] == now.sha256:
+        return
+    change = (
+        f"{saved.get('size', 0):,} bytes then, {now.size:,} now"
+        if saved.get("size") != now.size
+        else "same size, different content"
+    )
+    if Path(saved.get("path", "")).resolve() != path.resolve():
+        raise CharRNNError(
+            f"{path} is not the text the run in {run_dir} trained on ({Path(saved.get('path', '?')).name}, "
+            f"{saved.get('size', 0):,} bytes): resume with that file, or start a new run on this one (a new --out)"
+        )
+    raise CharRNNError(
+        f"{path} has changed since the run in {run_dir} trained on it ({change}): resume with "
+        "the original text, or start a new run on the new text (a new --out)"
+    )
 
 
 class Trainer:
     """One training run, start to finish. Holds the state that a checkpoint must capture to resume."""
 
-    def __init__(self, corpus: Path | None, model_flags: dict[str, Any], train_flags: dict[str, Any],
-                 out: str | os.PathLike | None, resume: bool, report: Callable[[TrainEvent], None] | None) -> None:
-        self.dist = Dist.from_env()
+    def __init__(
+        self,
+        corpus: Path | None,
+        model_flags: dict[str, Any],
+        train_flags: dict[str, Any],
+        out: str | os.PathLike | None,
+        resume: bool,
+        report: Callable[[TrainEvent], None] | None,
+        dist: Dist | None = None,
+    ) -> None:
+        self.dist = dist or Dist()  # the process group, joined by train() (one process when not given)
         self.report = report if (report and self.dist.is_main) else (lambda event: None)
         self.resumed = resume
         corpus_path = resolve_corpus(corpus)
@@ -153,41 +183,61 @@ class Trainer:
         if resume:
             last = self.run_dir / "last.pt"
             if not last.exists():
-                raise CharRNNError(f"nothing to resume in {self.run_dir}: it has no last.pt "
-                                   "(start a new run without --resume)")
+                raise CharRNNError(
+                    f"nothing to resume in {self.run_dir}: it has no last.pt (start a new run without --resume)"
+                )
             self.saved = checkpoint.load(last)
             if corpus is None:
                 corpus_path = Path(self.saved["corpus"]["path"])
-        self.cfg: TrainConfig = _merge(TrainConfig, self.saved and self.saved["train_config"],
-                                       train_flags, FIXED_ON_RESUME, what="run")
+        self.cfg: TrainConfig = _merge(
+            TrainConfig, self.saved and self.saved["train_config"], train_flags, FIXED_ON_RESUME, what="run"
+        )
         self.corpus = data.read_corpus(corpus_path)
         vocab = self.corpus.vocab
         if self.saved is not None and self.saved["vocab"] != vocab.chars:
-            raise CharRNNError(f"{corpus_path} has a different character set from the run in {self.run_dir}: "
-                               "resume with the corpus it was trained on")
+            raise CharRNNError(
+                f"{corpus_path} has a different character set from the run in {self.run_dir}: "
+                "resume with the corpus it was trained on"
+            )
+        if self.saved is not None:
+            _check_same_corpus(self.saved.get("corpus") or {}, self.corpus.info, corpus_path, self.run_dir)
         model_flags = {**model_flags, "vocab_size": len(vocab)}
-        self.model_cfg: ModelConfig = _merge(ModelConfig, self.saved and self.saved["model_config"],
-                                             model_flags, None, what="checkpoint")
         train_ids, self.val_ids = data.split(self.corpus.ids, self.cfg.val_frac)
+        self.val_ids = self.val_ids[: self.cfg.val_chars]  # --val-chars: a cheaper validation on a huge split
         if self.cfg.val_frac > 0 and len(self.val_ids) < 2:
-            raise CharRNNError(f"the validation split has {len(self.val_ids)} characters: raise --val-frac, "
-                               "use a longer corpus, or pass --val-frac 0 to train without validation")
-        self.streams = data.Streams(train_ids, self.cfg.batch_size, self.cfg.seq_len,
-                                    self.dist.rank, self.dist.world)
+            raise CharRNNError(
+                f"the validation split has {len(self.val_ids)} characters: raise --val-frac, "
+                "use a longer corpus, or pass --val-frac 0 to train without validation"
+            )
         self.device = self.dist.device or pick_device(self.cfg.device)
         self.dtype = pick_dtype(self.cfg.precision, self.device)
+        self.sizing = self.saved.get("sizing", "") if self.saved is not None else ""
+        self._notes: list[str] = []
+        plan = sizing.Plan(None, None)
+        if self.saved is None:  # a resumed run keeps its shape; a new one may have it chosen
+            plan = self._plan(model_flags, train_flags, train_ids)
+            if plan.choice is not None:
+                shape = plan.choice.shape
+                model_flags = {**model_flags, "model": plan.cell, "layers": shape.layers, "hidden": shape.hidden}
+                self.cfg = replace(self.cfg, batch_size=shape.batch_size)
+            if "lr" not in train_flags:
+                self.cfg = replace(self.cfg, lr=auto_lr(model_flags.get("hidden", ModelConfig.hidden)))
+        self.model_cfg: ModelConfig = _merge(
+            ModelConfig, self.saved and self.saved["model_config"], model_flags, None, what="checkpoint"
+        )
+        self.streams = data.Streams(train_ids, self.cfg.batch_size, self.cfg.seq_len, self.dist.rank, self.dist.world)
 
         torch.manual_seed(self.cfg.seed)
         self.model = CharRNN(self.model_cfg).to(self.device)
-        self._dropout_note = ""
         if self.model_cfg.dropout is None:
-            if self.cfg.budget_seconds is None:  # --steps alone: the passes are known now
-                self._dropout_note = self._choose_dropout(self.cfg.steps, "--steps")
-            else:  # a time budget: the low end until the first steps have shown the speed
-                self.model.set_dropout(auto_dropout(0.0))
+            if plan.choice is None and self.cfg.budget_seconds is not None:  # resuming an old run: measure it
+                plan = self._plan(to_dict(self.model_cfg), {"batch_size": self.cfg.batch_size}, train_ids)
+            choice = plan.choice
+            source = "--steps" if choice is None or choice.rate is None else "the budget"
+            self._notes.append(self._choose_dropout(self.cfg.steps if choice is None else choice.steps, source))
         self.opt = make_optimizer(self.model, self.cfg)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
-        self.step, self.prior_elapsed, self.best_val = 0, 0.0, None
+        self.step, self.prior_elapsed, self.best_val = 0, plan.seconds, None  # the probe counts against the budget
         self.loss_ema, self.loss_n, self.lr_scale = 0.0, 0, 1.0
         self.last_val: EvalResult | None = None
         self.state: State | None = None
@@ -197,7 +247,7 @@ class Trainer:
         self._good = self._snapshot()
 
     # ---- checkpoint contents -------------------------------------------------------------------
-    def _payload(self, carried: list[torch.Tensor] | None = None) -> dict[str, Any]:
+    def _payload(self, resumable: bool, carried: list[torch.Tensor] | None = None) -> dict[str, Any]:
         payload = {
             "model": self.model.state_dict(),
             "model_config": to_dict(self.model_cfg),
@@ -209,17 +259,19 @@ class Trainer:
             "best_val": self.best_val,
             "last_val": None if self.last_val is None else asdict(self.last_val),
             "precision": str(self.dtype).removeprefix("torch."),
+            "sizing": self.sizing,
         }
-        if carried is not None:  # what --resume needs; best.pt leaves it out to stay small and shareable
+        if resumable:  # what --resume needs; best.pt leaves it out to stay small and shareable
             payload["resume"] = {
                 "optimizer": self.opt.state_dict(),
                 "rng_torch": torch.get_rng_state(),
                 "rng_cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
                 "window": self.step % self.streams.windows,
-                "carried_state": carried,
+                "carried_state": carried,  # None before the first step or after a skipped one: a fresh state
                 "loss_ema": self.loss_ema,
                 "loss_n": self.loss_n,
                 "lr_scale": self.lr_scale,
+                "scaler": self.scaler.state_dict(),  # fp16's loss scale: {} when no scaler is in use
                 "world": self.dist.world,
             }
         return payload
@@ -238,6 +290,8 @@ class Trainer:
         self.best_val = ckpt["best_val"]
         self.last_val = EvalResult(**ckpt["last_val"]) if ckpt["last_val"] else None
         self.loss_ema, self.loss_n, self.lr_scale = res["loss_ema"], res["loss_n"], res["lr_scale"]
+        if res.get("scaler") and self.scaler.is_enabled():
+            self.scaler.load_state_dict(res["scaler"])
         self.state = self.dist.scatter_state(res["carried_state"], self.device)
 
     def _snapshot(self) -> tuple[dict, dict]:
@@ -251,22 +305,31 @@ class Trainer:
         budget, steps = self.cfg.budget_seconds, self.cfg.steps
         return max(self.step / steps if steps else 0.0, elapsed / budget if budget else 0.0)
 
+    def _plan(self, model_flags: dict[str, Any], train_flags: dict[str, Any], train_ids: np.ndarray) -> sizing.Plan:
+        """What sizing chooses for this run (see sizing.plan); its line is shown and saved in checkpoints."""
+        fixed = {k: model_flags[k] for k in ("layers", "hidden") if model_flags.get(k) is not None}
+        if "batch_size" in train_flags:
+            fixed["batch_size"] = train_flags["batch_size"]
+        if model_flags.get("tie_weights") and "hidden" not in fixed:  # tied weights need hidden == embed
+            fixed["hidden"] = model_flags.get("embed", ModelConfig.embed)
+        plan = sizing.plan(
+            model_flags, fixed, self.cfg, train_ids, self.device, self.dtype, self.dist.world, share=self.dist.broadcast
+        )
+        if plan.note:
+            self.sizing = plan.note
+            self._notes.append(plan.note)
+        return plan
+
     def _choose_dropout(self, planned_steps: float, source: str) -> str:
         """Fix an automatic dropout from the passes over the training text that `planned_steps` make, in
         the model and in the config that checkpoints save; returns the line that tells the user."""
         passes = planned_steps / self.streams.windows
         self.model_cfg = replace(self.model_cfg, dropout=auto_dropout(passes))
         self.model.set_dropout(self.model_cfg.dropout)
-        return (f"dropout {self.model_cfg.dropout:g}: {source} allows about {passes:.1f} passes over the "
-                "training text (--dropout sets it)")
-
-    def _settle_dropout(self, elapsed: float) -> None:
-        """A time budget's steps, estimated from the speed so far (every rank sees the same agreed clock,
-        so all choose alike), and --steps if that comes first."""
-        steps = self.step * self.cfg.budget_seconds / max(elapsed, 1e-9)
-        if self.cfg.steps is not None:
-            steps = min(steps, self.cfg.steps)
-        self._event("info", 0.0, 0.0, message=self._choose_dropout(steps, "the budget"))
+        return (
+            f"dropout {self.model_cfg.dropout:g}: {source} allows about {passes:.1f} passes over the "
+            "training text (--dropout sets it)"
+        )
 
     def _train_step(self, lr: float) -> float:
         """One window of every stream; returns the loss, or nan when the update was skipped."""
@@ -285,12 +348,15 @@ class Trainer:
         self.scaler.unscale_(self.opt)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip)
         loss = self.dist.mean(loss)  # the global batch's loss, the same on every rank
-        if not (torch.isfinite(loss) and torch.isfinite(grad_norm)):
+        # Under fp16 an overflow of the *scaled* gradients is routine (the scaler skips that update and
+        # lowers its scale); only a non-finite loss, or non-finite gradients without a scaler, is a real one.
+        overflow = not torch.isfinite(grad_norm) and self.scaler.is_enabled()
+        if not (torch.isfinite(loss) and (torch.isfinite(grad_norm) or overflow)):
             self.state = None  # a poisoned state would poison the next window too
             self.opt.zero_grad(set_to_none=True)
             self.scaler.update()
             return float("nan")
-        self.scaler.step(self.opt)
+        self.scaler.step(self.opt)  # skips the update itself after an overflow
         self.scaler.update()
         self.state = detach_state(new_state)
         return loss.item()
@@ -302,12 +368,19 @@ class Trainer:
             t = t.pin_memory()
         return t.to(self.device, non_blocking=True)
 
-    def _validate(self) -> EvalResult | None:
+    def _validate(self) -> EvalResult | None | bool:
+        """The validation result; None without a validation split; False when a stop request cut it short."""
         if self.cfg.val_frac == 0:
             return None
         part = self.dist.shard(self.val_ids)
-        local = evaluate(self.model, part, self.device, self.dtype) if len(part) > 1 else EvalResult(0, 0.0)
-        return self.dist.reduce_eval(local)
+        # One process may cut a long pass short on Ctrl-C; ranks would have to agree on it, so they do not.
+        stop = (lambda: self._signals.received is not None) if self.dist.world == 1 else None
+        local = (
+            evaluate(self.model, part, self.device, self.dtype, should_stop=stop)
+            if len(part) > 1
+            else EvalResult(0, 0.0)
+        )
+        return False if local is None else self.dist.reduce_eval(local)
 
     def _save(self, val: EvalResult | None) -> None:
         """last.pt always; best.pt when validation improved (or on every save with no validation)."""
@@ -316,19 +389,26 @@ class Trainer:
         improved = val is not None and (self.best_val is None or val.nats_per_char < self.best_val)
         if improved:
             self.best_val = val.nats_per_char
+        self._saved_at = self.step
         carried = self.dist.gather_state(self.state)  # collective: every rank takes part
         if not self.dist.is_main:
             return
-        checkpoint.save(self._payload(carried), self.run_dir / "last.pt")
+        checkpoint.save(self._payload(True, carried), self.run_dir / "last.pt")
         if improved or self.cfg.val_frac == 0:
-            checkpoint.save(self._payload(), self.run_dir / "best.pt")
+            checkpoint.save(self._payload(False), self.run_dir / "best.pt")
 
     def _log_metrics(self, val: EvalResult | None, lr: float, rate: float) -> None:
         if not self.dist.is_main:
             return
-        row = {"step": self.step, "elapsed": round(self.elapsed(), 3), "train_loss": self._smoothed(),
-               "val_loss": val and val.nats_per_char, "val_bpc": val and val.bits_per_char,
-               "lr": lr, "chars_per_s": round(rate, 1)}
+        row = {
+            "step": self.step,
+            "elapsed": round(self.elapsed(), 3),
+            "train_loss": self._smoothed(),
+            "val_loss": val and val.nats_per_char,
+            "val_bpc": val and val.bits_per_char,
+            "lr": lr,
+            "chars_per_s": round(rate, 1),
+        }
         with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
             f.write(json.dumps(row) + "\n")
 
@@ -337,8 +417,20 @@ class Trainer:
         path = self.run_dir / "metrics.jsonl"
         if not (self.dist.is_main and path.exists()):
             return
-        rows = [r for r in path.read_text(encoding="utf-8").splitlines() if r.strip()]
-        keep = [r for r in rows if json.loads(r)["step"] <= self.step]
+        rows, torn = [], 0
+        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                rows.append((json.loads(line)["step"], line))
+            except (ValueError, KeyError, TypeError):  # a line half-written when a run was killed
+                torn += line.strip() != ""
+        if torn:
+            self._event(
+                "notice",
+                0.0,
+                0.0,
+                message=f"{path}: dropped {torn} torn line{'s' * (torn > 1)} (written when a run was killed)",
+            )
+        keep = [line for step, line in rows if isinstance(step, int) and step <= self.step]
         path.write_text("".join(r + "\n" for r in keep), encoding="utf-8")
 
     def _smoothed(self) -> float | None:
@@ -352,16 +444,19 @@ class Trainer:
         if self.dist.is_main:
             ensure_writable(self.run_dir)
         with RunLock(self.run_dir) if self.dist.is_main else contextlib.nullcontext(), StopSignals() as signals:
+            self._signals, self._saved_at = signals, -1
             self.dist.barrier()
             self._t0 = time.perf_counter()
-            if self._dropout_note:
-                self._event("info", 0.0, 0.0, message=self._dropout_note)
+            for note in self._notes:
+                self._event("info", 0.0, 0.0, message=note)
             self._validated_at = self.step if self.resumed else -1
             if self.resumed:
                 self._trim_metrics()
                 if self._finished(self.prior_elapsed):
-                    raise CharRNNError(f"the run in {self.run_dir} already used its whole budget: pass a larger "
-                                       "--steps or --minutes with --resume to train further")
+                    raise CharRNNError(
+                        f"the run in {self.run_dir} already used its whole budget: pass a larger "
+                        "--steps or --minutes with --resume to train further"
+                    )
             chars_per_step = self.cfg.batch_size * self.cfg.seq_len
             bad, restores, rate = 0, 0, 0.0
             lr = lr_at(self.cfg, self.step, self.progress(self.prior_elapsed)) * self.lr_scale
@@ -370,8 +465,6 @@ class Trainer:
                 stop_signal, elapsed = self.dist.agree(signals.received, self.elapsed())
                 if stop_signal or self._finished(elapsed):
                     break
-                if self.model_cfg.dropout is None and self.step >= DROPOUT_AT_STEP:
-                    self._settle_dropout(elapsed)
                 lr = lr_at(self.cfg, self.step, self.progress(elapsed)) * self.lr_scale
                 loss = self._train_step(lr)
                 if math.isnan(loss):
@@ -382,14 +475,21 @@ class Trainer:
                             raise CharRNNError(
                                 f"training diverged: the loss stayed non-finite after {MAX_RESTORES} restarts at "
                                 f"lower learning rates; the last good checkpoint is kept in {self.run_dir} "
-                                "(lower --lr or --clip)")
+                                "(lower --lr or --clip)"
+                            )
                         self.model.load_state_dict(self._good[0])
                         self.opt.load_state_dict(self._good[1])
                         self.lr_scale *= 0.5
                         bad = 0
-                        self._event("notice", lr, rate, message=(
-                            f"non-finite loss {BAD_STEPS_BEFORE_RESTORE} steps in a row at step {self.step}: "
-                            f"restored the last good weights, learning rate x{self.lr_scale:g}"))
+                        self._event(
+                            "notice",
+                            lr,
+                            rate,
+                            message=(
+                                f"non-finite loss {BAD_STEPS_BEFORE_RESTORE} steps in a row at step {self.step}: "
+                                f"restored the last good weights, learning rate x{self.lr_scale:g}"
+                            ),
+                        )
                     else:
                         self._event("notice", lr, rate, message=f"non-finite loss at step {self.step}: update skipped")
                     self.step += 1
@@ -405,17 +505,29 @@ class Trainer:
                 if asked or self.step % self.cfg.eval_every == 0:
                     self._checkpoint_and_log(lr, rate)
                     t_rate = time.perf_counter()  # validation time is not training throughput
-            if signals.received or stop_signal:
+            if (signals.received or stop_signal) and self._saved_at != self.step:
                 self._save(None)  # stop after the current step: weights and position, no validation
             elif self._validated_at != self.step or self.step == 0:
                 self._checkpoint_and_log(lr, rate)
             self.dist.barrier()  # no rank exits (and makes torchrun stop the rest) before rank 0 has saved
-            return TrainResult(self.run_dir, self.step, self.elapsed(), self.best_val, self.last_val,
-                               signals.received or stop_signal, self.resumed, self.dist.rank, self.dist.world)
+            return TrainResult(
+                self.run_dir,
+                self.step,
+                self.elapsed(),
+                self.best_val,
+                self.last_val,
+                signals.received or stop_signal,
+                self.resumed,
+                self.dist.rank,
+                self.dist.world,
+            )
 
     def _checkpoint_and_log(self, lr: float, rate: float) -> None:
         self._validated_at = self.step
         val = self._validate()
+        if val is False:  # stopped part-way: nothing recorded, last.pt saved as for any stop
+            self._save(None)
+            return
         self._save(val)
         self._log_metrics(val, lr, rate)
         self._good = self._snapshot()
@@ -424,19 +536,47 @@ class Trainer:
     def _event(self, kind: str, lr: float, rate: float, val: EvalResult | None = None, message: str = "") -> bool:
         """Tell the caller; a true answer to a "step" event asks for a validation and save right now."""
         elapsed = self.elapsed()
-        return self.report(TrainEvent(kind, self.step, self.cfg.steps, min(1.0, self.progress(elapsed)), elapsed,
-                               self._smoothed(), lr, rate, val, self.best_val, message))
+        return self.report(
+            TrainEvent(
+                kind,
+                self.step,
+                self.cfg.steps,
+                min(1.0, self.progress(elapsed)),
+                elapsed,
+                self._smoothed(),
+                lr,
+                rate,
+                val,
+                self.best_val,
+                message,
+            )
+        )
 
 
-def train(corpus: str | os.PathLike | None = None, model_flags: dict[str, Any] | None = None,
-          train_flags: dict[str, Any] | None = None, out: str | os.PathLike | None = None, resume: bool = False,
-          report: Callable[[TrainEvent], None] | None = None) -> TrainResult:
+def train(
+    corpus: str | os.PathLike | None = None,
+    model_flags: dict[str, Any] | None = None,
+    train_flags: dict[str, Any] | None = None,
+    out: str | os.PathLike | None = None,
+    resume: bool = False,
+    report: Callable[[TrainEvent], None] | None = None,
+) -> TrainResult:
     """Train (or resume) a run. Flags are only the values the user gave; the config dataclasses and, when
     resuming, the checkpoint supply the rest."""
-    trainer = Trainer(Path(corpus) if corpus is not None else None, model_flags or {}, train_flags or {},
-                      out, resume, report)
-    try:
+    dist = Dist.from_env((train_flags or {}).get("device", "auto"))
+    trainer = None
+    try:  # the process group is left cleanly even when building the trainer fails
+        trainer = Trainer(
+            Path(corpus) if corpus is not None else None,
+            model_flags or {},
+            train_flags or {},
+            out,
+            resume,
+            report,
+            dist,
+        )
         return trainer.run()
     finally:
-        trainer.ddp_model = None  # DDP's reducer holds gloo work and tensors: free it before the group goes
-        trainer.dist.close()
+        if trainer is not None:
+            trainer.ddp_model = None  # DDP's reducer holds gloo work and tensors: free it before the group goes
+        dist.close()

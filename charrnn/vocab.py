@@ -41,13 +41,13 @@ class Vocab:
         self._lut[self._cps] = np.arange(len(chars))
 
     @classmethod
-    def from_counts(cls, counts: np.ndarray) -> "Vocab":
+    def from_counts(cls, counts: np.ndarray) -> Vocab:
         """From a per-code-point histogram: every character that occurs, sorted."""
         present = np.flatnonzero(counts).astype("<u4")
         return cls(present.tobytes().decode("utf-32-le"))
 
     @classmethod
-    def from_text(cls, text: str) -> "Vocab":
+    def from_text(cls, text: str) -> Vocab:
         return cls("".join(sorted(set(text))))
 
     def __len__(self) -> int:

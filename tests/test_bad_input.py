@@ -18,13 +18,16 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import TINY, make_text
+
 
 def snapshot(folder: Path) -> dict[str, str]:
     """sha256 of every file under `folder` except lock files (they hold the pid of the last locker)."""
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file() and p.name != ".lock"}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name != ".lock"
+    }
 
 
 def error_line(err: str) -> str:
@@ -77,6 +80,7 @@ def resume_args(tiny_run) -> list[str]:
 
 # ---- corpora -------------------------------------------------------------------------------------------
 
+
 def _corpus(tmp_path: Path, name: str, content: bytes | None) -> Path:
     path = tmp_path / name
     if content is not None:
@@ -90,8 +94,12 @@ BAD_CORPORA = [
     ("empty", "empty.txt", b"", ["empty.txt", "empty"]),
     ("only-bom", "bom.txt", b"\xef\xbb\xbf", ["bom.txt", "empty"]),
     ("latin1", "latin1.txt", b"hello \xff world", ["latin1.txt", "UTF-8", "offset 6"]),
-    ("bad-after-bom-and-multibyte", "later.txt", b"\xef\xbb\xbf" + "h\u00e9llo".encode() + b"\xc3(x",
-     ["later.txt", "UTF-8", "offset 9"]),
+    (
+        "bad-after-bom-and-multibyte",
+        "later.txt",
+        b"\xef\xbb\xbf" + "h\u00e9llo".encode() + b"\xc3(x",
+        ["later.txt", "UTF-8", "offset 9"],
+    ),
     ("binary", "binary.bin", b"text\x00\x01\x02more", ["binary.bin", "NUL", "offset 4"]),
 ]
 
@@ -120,6 +128,7 @@ def test_corpus_too_short_for_one_window(run_cli, guard, tmp_path):
 
 
 # ---- checkpoints ---------------------------------------------------------------------------------------
+
 
 class Hostile:
     """Unpickling this runs a shell command that creates a marker file."""
@@ -222,8 +231,9 @@ def test_hostile_checkpoints_really_run_code_when_unpickled(tiny_run, tmp_path, 
     assert (tmp_path / "MARKER").exists()
 
 
-@pytest.mark.parametrize("kind", ["truncated", "random-bytes", "newer-version", "wrong-shapes", "hostile-zip",
-                                  "hostile-raw-pickle"])
+@pytest.mark.parametrize(
+    "kind", ["truncated", "random-bytes", "newer-version", "wrong-shapes", "hostile-zip", "hostile-raw-pickle"]
+)
 def test_resume_from_a_bad_last_pt(run_cli, guard, tiny_run, tmp_path, kind):
     run = tmp_path / "run"
     run.mkdir()
@@ -284,15 +294,20 @@ def test_eval_file_with_no_known_characters(run_cli, guard, tiny_run, tmp_path):
 
 # ---- flags ---------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("flags,words", [
-    (["--temp", "-1"], ["--temp"]),
-    (["--length", "-1"], ["--length"]),
-    (["--top-k", "0"], ["--top-k"]),
-    (["--top-p", "0"], ["--top-p"]),
-    (["--top-p", "1.5"], ["--top-p"]),
-    (["--num", "0"], ["--num"]),
-    (["--temp", "nan"], ["--temp"]),
-], ids=lambda v: " ".join(v) if len(v) == 2 else "")
+
+@pytest.mark.parametrize(
+    "flags,words",
+    [
+        (["--temp", "-1"], ["--temp"]),
+        (["--length", "-1"], ["--length"]),
+        (["--top-k", "0"], ["--top-k"]),
+        (["--top-p", "0"], ["--top-p"]),
+        (["--top-p", "1.5"], ["--top-p"]),
+        (["--num", "0"], ["--num"]),
+        (["--temp", "nan"], ["--temp"]),
+    ],
+    ids=lambda v: " ".join(v) if len(v) == 2 else "",
+)
 def test_bad_sample_flag(run_cli, guard, tiny_run, flags, words):
     guard.check(run_cli("sample", "-c", tiny_run.run_dir, *flags), *words)
 
@@ -316,10 +331,14 @@ def test_bad_train_flag(run_cli, guard, tiny_run, flags, words):
     guard.check(run_cli("train", tiny_run.corpus, *TINY, *flags), *words)
 
 
-@pytest.mark.parametrize("flags,words", [
-    (["--val-frac", "0.5"], ["--val-frac"]),
-    (["--lr", "0"], ["--lr"]),
-], ids=["--val-frac 0.5", "--lr 0"])
+@pytest.mark.parametrize(
+    "flags,words",
+    [
+        (["--val-frac", "0.5"], ["--val-frac"]),
+        (["--lr", "0"], ["--lr"]),
+    ],
+    ids=["--val-frac 0.5", "--lr 0"],
+)
 def test_bad_train_flag_on_resume(run_cli, guard, tiny_run, flags, words):
     guard.check(run_cli("train", *resume_args(tiny_run), "--steps", "80", *flags), *words)
 
@@ -341,13 +360,16 @@ def test_resume_a_finished_run_without_a_larger_budget(run_cli, guard, tiny_run)
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
 @pytest.mark.parametrize("command", ["train", "sample", "eval"])
 def test_device_cuda_without_cuda(run_cli, guard, tiny_run, command):
-    args = {"train": ["train", tiny_run.corpus, *TINY, "--device", "cuda"],
-            "sample": ["sample", "-c", tiny_run.run_dir, "--device", "cuda"],
-            "eval": ["eval", "-c", tiny_run.run_dir, "--device", "cuda"]}[command]
+    args = {
+        "train": ["train", tiny_run.corpus, *TINY, "--device", "cuda"],
+        "sample": ["sample", "-c", tiny_run.run_dir, "--device", "cuda"],
+        "eval": ["eval", "-c", tiny_run.run_dir, "--device", "cuda"],
+    }[command]
     guard.check(run_cli(*args), "cuda")
 
 
 # ---- run folders ---------------------------------------------------------------------------------------
+
 
 def test_second_trainer_on_a_locked_run_refuses(run_cli, guard, tiny_run):
     from charrnn.runs import RunLock
@@ -379,8 +401,10 @@ def test_out_below_a_regular_file(run_cli, guard, tiny_run, tmp_path):
     assert blocker.read_text() == "I am a file, not a folder"
 
 
-@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root ignores permissions "
-                    "(test_out_below_a_regular_file covers the same error path)")
+@pytest.mark.skipif(
+    hasattr(os, "geteuid") and os.geteuid() == 0,
+    reason="root ignores permissions (test_out_below_a_regular_file covers the same error path)",
+)
 def test_unwritable_run_folder(run_cli, guard, tiny_run, tmp_path):
     locked = tmp_path / "read-only"
     locked.mkdir()
@@ -420,6 +444,7 @@ def test_out_of_a_folder_holding_only_best_pt_refuses(run_cli, tiny_run, tmp_pat
 
 
 # ---- exactly one line, with nothing printed before it ----------------------------------------------------
+
 
 def test_train_error_is_exactly_one_line(run_cli, guard, tmp_path):
     code, out, err = run_cli("train", tmp_path / "missing.txt", *TINY)

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import TINY, make_text
 
 METRIC_KEYS = {"step", "elapsed", "train_loss", "val_loss", "val_bpc", "lr", "chars_per_s"}
@@ -23,8 +22,11 @@ METRIC_KEYS = {"step", "elapsed", "train_loss", "val_loss", "val_bpc", "lr", "ch
 
 def hashes(folder: Path) -> dict[str, str]:
     """sha256 of every file in a run folder except the lock (which records the pid of the last trainer)."""
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())
-            if p.is_file() and p.name != ".lock"}
+    return {
+        p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.iterdir())
+        if p.is_file() and p.name != ".lock"
+    }
 
 
 def vocab_of(checkpoint: Path) -> str:
@@ -132,8 +134,7 @@ def test_sample_num_prints_separated_samples(run_cli, tiny_run):
 def test_sample_prime_with_unknown_characters_warns_once(run_cli, tiny_run):
     vocab = vocab_of(tiny_run.run_dir / "best.pt")
     assert "Ж" not in vocab and "☃" not in vocab
-    code, out, err = run_cli("sample", "-c", tiny_run.run_dir, "--prime", "ROMEO:Ж☃Ж", "--length", "20",
-                             "--seed", "1")
+    code, out, err = run_cli("sample", "-c", tiny_run.run_dir, "--prime", "ROMEO:Ж☃Ж", "--length", "20", "--seed", "1")
     assert code == 0, err
     warnings = [line for line in err.splitlines() if "Ж" in line]
     assert len(warnings) == 1 and "☃" in warnings[0]  # once, naming both characters
@@ -227,19 +228,37 @@ def test_info_of_last_pt_and_of_the_run_folder(run_cli, tiny_run):
 
 def test_python_dash_m_help():
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "charrnn", "--help"], capture_output=True, text=True,
-                          timeout=120, env=env)
+    proc = subprocess.run(
+        [sys.executable, "-m", "charrnn", "--help"], capture_output=True, text=True, timeout=120, env=env
+    )
     assert proc.returncode == 0, proc.stderr
     for command in ("train", "sample", "eval", "info"):
         assert re.search(rf"\b{command}\b", proc.stdout), proc.stdout
     assert "Traceback" not in proc.stderr
 
 
-def test_command_help_lists_its_options(run_cli):
-    code, out, err = run_cli("sample", "--help")
+@pytest.mark.parametrize("command", ["train", "sample", "eval", "info", None])
+def test_help_lists_every_option_and_no_flag_asks_for_a_value(run_cli, monkeypatch, command):
+    """Every option the command accepts is in its help; a value option names its type; a flag (which takes
+    no value) shows none: typer >= 0.2x printed `--resume <bool>` and even `--help <bool>`."""
+    import typer
+
+    from charrnn.cli import app
+
+    monkeypatch.setenv("COLUMNS", "250")  # one line per option
+    code, out, _ = run_cli(*([command] if command else []), "--help")
     assert code == 0
-    for flag in ("--temp", "--length", "--prime", "--top-k", "--top-p", "--seed", "--num", "--checkpoint"):
-        assert flag in out
+    group = typer.main.get_command(app)
+    params = group.commands[command].params if command else group.params
+    lines = out.splitlines()
+    for param in [p for p in params if p.param_type_name == "option"] + [None]:
+        flag = "--help" if param is None else param.opts[0]
+        line = next(x for x in lines if re.search(rf"{re.escape(flag)}\b", x))
+        if param is None or param.is_flag:
+            assert not re.search(r"<\w+>", line), line
+        else:
+            assert re.search(r"<(int|float|str|path)>", line), line
+    assert "<bool>" not in out
 
 
 def test_second_default_train_goes_to_a_new_run_folder(run_cli, tiny_corpus, tmp_path):

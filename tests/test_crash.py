@@ -11,20 +11,46 @@ import time
 from pathlib import Path
 
 import pytest
-
-from charrnn import checkpoint
 from conftest import make_text
 
+from charrnn import checkpoint
+
 # A model big enough that each checkpoint write takes a while (a wide target for kills), saved every step.
-FLAGS = ["--hidden", "256", "--embed", "32", "--layers", "2", "--batch-size", "4", "--seq-len", "16",
-         "--eval-every", "1", "--steps", "100000", "--device", "cpu", "--precision", "fp32", "--val-frac", "0.02"]
+FLAGS = [
+    "--hidden",
+    "256",
+    "--embed",
+    "32",
+    "--layers",
+    "2",
+    "--batch-size",
+    "4",
+    "--seq-len",
+    "16",
+    "--eval-every",
+    "1",
+    "--steps",
+    "100000",
+    "--device",
+    "cpu",
+    "--precision",
+    "fp32",
+    "--val-frac",
+    "0.02",
+]
 
 
 def start(corpus: Path, run: Path, resume: bool) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     args = [sys.executable, "-m", "charrnn", "train", str(corpus), *FLAGS, "--out", str(run)]
-    return subprocess.Popen(args + (["--resume"] if resume else []), env=env, stdin=subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        args + (["--resume"] if resume else []),
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def start_forked(corpus: Path, run: Path, resume: bool):
@@ -54,7 +80,8 @@ def wait_for(path: Path, proc, timeout: float = 60.0) -> None:
 
 
 def kill_cycles(tmp_path: Path, kills: int) -> tuple[int, int]:
-    """Kill -9 a run `kills` times at random moments, resuming after each; return (kills, mid-write kills)."""
+    """Kill -9 a run `kills` times, resuming after each: every other kill at a random moment, the rest aimed
+    at a checkpoint write; return (kills, kills that landed mid-write, as the temporary file left shows)."""
     corpus = tmp_path / "c.txt"
     corpus.write_text(make_text(20_000), encoding="utf-8")
     run = tmp_path / "run"
@@ -68,7 +95,12 @@ def kill_cycles(tmp_path: Path, kills: int) -> tuple[int, int]:
         if i > 0:  # the resumed run must have moved on past what the previous one saved
             while checkpoint.load(run / "last.pt")["step"] <= last_step:
                 time.sleep(0.01)
-        time.sleep(rng.uniform(0.0, 0.4))
+        if i % 2:  # aimed: kill the moment a checkpoint's temporary file appears, i.e. during a write
+            end = time.monotonic() + 30
+            while not any(run.glob(".*.tmp-*")) and time.monotonic() < end:
+                time.sleep(0.0005)
+        else:  # anywhere at all
+            time.sleep(rng.uniform(0.0, 0.4))
         proc.kill()
         proc.join()
         mid_write += any(run.glob(".*.tmp-*"))  # a half-written temporary file: killed while saving
@@ -81,12 +113,14 @@ def kill_cycles(tmp_path: Path, kills: int) -> tuple[int, int]:
 
 def test_sigkill_at_random_moments_never_corrupts_checkpoints(tmp_path):
     kills, mid_write = kill_cycles(tmp_path, 10)
+    assert mid_write >= kills // 4  # the aimed kills really did land during writes
     print(f"{kills} SIGKILLs, {mid_write} of them during a checkpoint write; all checkpoints readable")
 
 
 @pytest.mark.slow
 def test_sigkill_fifty_times(tmp_path):
     kills, mid_write = kill_cycles(tmp_path, 50)
+    assert mid_write >= kills // 4
     print(f"{kills} SIGKILLs, {mid_write} of them during a checkpoint write; all checkpoints readable")
 
 

@@ -18,13 +18,34 @@ import torch.distributed as dist
 from charrnn.distributed import Dist
 
 fcntl = pytest.importorskip("fcntl")  # POSIX: torchrun's workers and the run lock
-pytestmark = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()),
-                                reason="needs torch.distributed with gloo (torchrun)")
+pytestmark = pytest.mark.skipif(
+    not (dist.is_available() and dist.is_gloo_available()), reason="needs torch.distributed with gloo (torchrun)"
+)
 
 # dropout 0: with it, each rank draws its own masks and the two runs differ by design.
 # --lr 0.05: the warmup steps still move the weights by ~1e-2, far above the 1e-5 tolerance.
-FLAGS = ["--hidden", "32", "--embed", "16", "--layers", "2", "--batch-size", "8", "--seq-len", "16",
-         "--eval-every", "3", "--dropout", "0", "--lr", "0.05", "--device", "cpu", "--precision", "fp32"]
+FLAGS = [
+    "--hidden",
+    "32",
+    "--embed",
+    "16",
+    "--layers",
+    "2",
+    "--batch-size",
+    "8",
+    "--seq-len",
+    "16",
+    "--eval-every",
+    "3",
+    "--dropout",
+    "0",
+    "--lr",
+    "0.05",
+    "--device",
+    "cpu",
+    "--precision",
+    "fp32",
+]
 TIMEOUT = 120  # seconds: a hung collective fails the test instead of blocking the suite
 
 
@@ -61,8 +82,23 @@ def _finish(proc: subprocess.Popen, ok: bool = True) -> subprocess.CompletedProc
 
 def torchrun(cwd: Path, *args: str) -> subprocess.Popen:
     """`torchrun --standalone --nproc-per-node 2 -m charrnn train ARGS` (a free port is picked for us)."""
-    return _start([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                   "--monitor-interval", "0.1", "-m", "charrnn", "train", *args], cwd)
+    return _start(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            "--monitor-interval",
+            "0.1",
+            "-m",
+            "charrnn",
+            "train",
+            *args,
+        ],
+        cwd,
+    )
 
 
 def single(cwd: Path, *args: str) -> subprocess.Popen:
@@ -77,8 +113,10 @@ def runs(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("dist")
     corpus = str(_corpus(root / "tiny.txt"))
     out = {"root": root}
-    whole, one = torchrun(root, corpus, *FLAGS, "--steps", "6", "--out", "dist"), \
-        single(root, corpus, *FLAGS, "--steps", "6", "--out", "single")
+    whole, one = (
+        torchrun(root, corpus, *FLAGS, "--steps", "6", "--out", "dist"),
+        single(root, corpus, *FLAGS, "--steps", "6", "--out", "single"),
+    )
     out["dist"], out["single"] = _finish(whole), _finish(one)
     out["part"] = _finish(torchrun(root, corpus, *FLAGS, "--steps", "3", "--out", "split"))
     out["part_ckpt"] = torch.load(root / "split" / "last.pt", weights_only=True)
@@ -110,7 +148,7 @@ def test_two_processes_train_the_same_model_as_one(runs):
         assert a.shape == b.shape == (2, 8, 32)  # (layers, B, H)
         torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
     # the same optimizer moments on rank 0 as in one process
-    for (ka, va), (kb, vb) in zip(d["resume"]["optimizer"]["state"].items(), s["resume"]["optimizer"]["state"].items()):
+    for (_, va), (_, vb) in zip(d["resume"]["optimizer"]["state"].items(), s["resume"]["optimizer"]["state"].items()):
         torch.testing.assert_close(va["exp_avg"], vb["exp_avg"], atol=1e-6, rtol=1e-4)
 
 
@@ -155,7 +193,7 @@ def test_distributed_resume_equals_uninterrupted(runs):
 
 def test_an_error_on_rank_0_stops_rank_1_without_a_hang(tmp_path):
     """Rank 0 alone takes the run lock; when it cannot, rank 1 (waiting at the start barrier) must not wait
-    forever: gloo sees rank 0's socket close, rank 1 says so in one line, and torchrun stops."""
+    forever: gloo sees rank 0's socket close and torchrun stops. Only rank 0 prints: one error, one line."""
     corpus = str(_corpus(tmp_path / "tiny.txt", 5_000))
     (tmp_path / "run").mkdir()
     with open(tmp_path / "run" / ".lock", "w") as held:
@@ -163,12 +201,13 @@ def test_an_error_on_rank_0_stops_rank_1_without_a_hang(tmp_path):
         result = _finish(torchrun(tmp_path, corpus, *FLAGS, "--steps", "3", "--out", "run"), ok=False)
     assert result.returncode != 0
     assert "another charrnn train is using" in result.stderr
-    assert "rank 1: another process of this distributed run stopped" in result.stderr
+    assert result.stderr.count("error:") == 1 and "rank 1:" not in result.stderr
     assert "[rank1]: Traceback" not in result.stderr
     assert not (tmp_path / "run" / "last.pt").exists()
 
 
 # ---- the pure pieces: no process group needed -------------------------------------------------------
+
 
 @pytest.mark.parametrize("world", [2, 3, 4])
 @pytest.mark.parametrize("n", [2, 3, 5, 100, 1001])

@@ -22,8 +22,9 @@ KINDS = ("lstm", "gru", "rnn")
 def make_model(kind: str = "lstm", tie: bool = False, layers: int = 2, seed: int = 0) -> CharRNN:
     torch.manual_seed(seed)
     embed, hidden = (16, 16) if tie else (8, 16)
-    cfg = ModelConfig(model=kind, vocab_size=len(VOCAB), embed=embed, hidden=hidden, layers=layers,
-                      dropout=0.3, tie_weights=tie)
+    cfg = ModelConfig(
+        model=kind, vocab_size=len(VOCAB), embed=embed, hidden=hidden, layers=layers, dropout=0.3, tie_weights=tie
+    )
     model = CharRNN(cfg)
     with torch.no_grad():  # default init gives near-uniform outputs; sharpen them so sampling has structure
         for p in model.parameters():
@@ -112,7 +113,7 @@ def test_temp_zero_is_greedy(kind: str) -> None:
         for _ in range(30):  # re-run the whole history each step: no state carry in the reference
             logits, _ = model(torch.tensor([ids]))
             ids.append(int(logits[0, -1].argmax()))
-    want = VOCAB.decode(ids[len(prime):])
+    want = VOCAB.decode(ids[len(prime) :])
     cfg = SampleConfig(temp=0.0, length=30, prime=prime, top_k=2, top_p=0.1, num=2)  # filters are ignored
     assert text(model, cfg) == [want, want]
     tiny = SampleConfig(temp=5e-324, length=30, prime=prime, seed=0)  # 1 / temp overflows to inf

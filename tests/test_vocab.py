@@ -41,7 +41,8 @@ def test_rejects_unsorted_or_duplicate():
         Vocab("aa")
 
 
-@pytest.mark.parametrize("size,dtype", [(1, np.uint8), (256, np.uint8), (257, np.uint16),
-                                         (65536, np.uint16), (65537, np.uint32)])
+@pytest.mark.parametrize(
+    "size,dtype", [(1, np.uint8), (256, np.uint8), (257, np.uint16), (65536, np.uint16), (65537, np.uint32)]
+)
 def test_smallest_dtype(size, dtype):
     assert smallest_id_dtype(size) == np.dtype(dtype)

@@ -1,0 +1,47 @@
+"""Re-make the model bundled with the package (`charrnn/pretrained/shakespeare.pt`, what `charrnn sample` uses
+before any training): train on the shipped corpus with the defaults for a budget, then keep best.pt with
+the corpus recorded by its file name, size and hash only (a path from this disk means nothing elsewhere).
+
+    python benchmarks/make_bundled.py [--minutes 5] [train flags, e.g. --hidden 256]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+from quality import parse_flags
+
+from charrnn import checkpoint
+from charrnn.model import count_parameters
+from charrnn.train import train
+
+ROOT = Path(__file__).resolve().parent.parent
+CORPUS = ROOT / "corpora" / "shakespeare.txt"
+BUNDLED = ROOT / "charrnn" / "pretrained" / "shakespeare.pt"
+MAX_BYTES = 8 * 1024 * 1024  # what the wheel can carry without weighing on every install
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--minutes", type=float, default=5.0)
+    args, extra = ap.parse_known_args()
+    model_flags, train_flags = parse_flags(extra)
+    out = Path(tempfile.mkdtemp(prefix="charrnn-bundled-")) / "run"
+    result = train(CORPUS, model_flags, {"minutes": args.minutes, **train_flags}, out=out)
+    ckpt = checkpoint.load(out / "best.pt")
+    ckpt["corpus"]["path"] = CORPUS.name
+    checkpoint.save({k: v for k, v in ckpt.items() if k not in ("format", "version")}, BUNDLED)
+    size = BUNDLED.stat().st_size
+    if size > MAX_BYTES:
+        raise SystemExit(f"{BUNDLED} is {size:,} bytes, over the {MAX_BYTES:,} limit: pass a smaller --hidden")
+    model, _ = checkpoint.build_model(ckpt)
+    print(
+        f"{BUNDLED}: {size:,} bytes, {count_parameters(model):,} parameters, {ckpt.get('sizing') or ''}; "
+        f"best val {result.best_val:.4f} nats/char after {result.step:,} steps"
+    )
+
+
+if __name__ == "__main__":
+    main()

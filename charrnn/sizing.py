@@ -1,0 +1,259 @@
+"""The automatic model shape: a speed probe of candidate shapes on the real corpus, on the device and in
+the precision the run will use, and the rule that turns each candidate's speed into the steps it would
+make in the budget and picks the shape expected to end lowest.
+
+The rule itself (which shapes, how many steps a shape needs) is data in config.py; this module measures
+and applies it. Nothing here touches the run's random generators' seeds: the trainer seeds after sizing.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+import torch
+
+from charrnn.config import (
+    AUTO_CELL_PASSES,
+    AUTO_CELLS,
+    SIZING_BATCHES,
+    SIZING_MIN_STEPS,
+    SIZING_REF_BATCH,
+    SIZING_SHAPES,
+    ModelConfig,
+    TrainConfig,
+    auto_dropout,
+)
+from charrnn.devices import autocast
+from charrnn.model import CharRNN, detach_state
+
+PROBE_BUDGET_FRAC = 0.03  # the probe may use 3% of a time budget ...
+PROBE_MAX_SECONDS = 10.0  # ... and never more than 10 s
+PROBE_TIMED_STEPS = 2  # timed steps per candidate, after one untimed warm-up step
+
+
+@dataclass(frozen=True)
+class Shape:
+    """What sizing decides: the model's depth and width and the number of streams per step."""
+
+    layers: int
+    hidden: int
+    batch_size: int
+
+    def __str__(self) -> str:
+        return f"{self.layers}x{self.hidden}, batch {self.batch_size}"
+
+
+@dataclass(frozen=True)
+class Choice:
+    shape: Shape
+    steps: float  # optimizer steps the run is planned to make
+    rate: float | None  # training chars/s the probe measured for this shape; None under --steps alone
+    note: str  # the one line that tells the user what was chosen and why
+
+
+def candidates(device_type: str, fixed: Mapping[str, int]) -> list[Shape]:
+    """Every shape the rule may choose on this kind of device, less those an explicit flag rules out
+    (an explicit --layers, --hidden or --batch-size wins for its own dimension)."""
+    batches = SIZING_BATCHES["cpu" if device_type == "cpu" else "gpu"]
+    shapes = [Shape(layers, hidden, batch) for batch in batches for layers, hidden in SIZING_SHAPES]
+    for key in ("layers", "hidden", "batch_size"):
+        if key in fixed:
+            shapes = [s for s in shapes if getattr(s, key) == fixed[key]]
+    if not shapes:  # an explicit value outside the candidate grid: the other dimensions still vary
+        base = {"layers": ModelConfig.layers, "hidden": ModelConfig.hidden, "batch_size": TrainConfig.batch_size}
+        shapes = [Shape(**{**base, **fixed})]
+    return sorted(set(shapes), key=lambda s: (s.batch_size, size(s)))
+
+
+def size(shape: Shape) -> int:
+    """Recurrent weights per layer stack: the order in which candidates cost more and may learn more."""
+    return shape.layers * shape.hidden * shape.hidden
+
+
+def effective_steps(steps: float, shape: Shape) -> float:
+    """Steps scaled by sqrt(batch / SIZING_REF_BATCH): below the critical batch size a step of twice the
+    streams is worth about 1.4 steps, not 2 (the square-root rule for Adam), so a bigger batch pays only
+    when the hardware runs it nearly as fast (a GPU), not when its steps take twice as long (a CPU)."""
+    return steps * math.sqrt(shape.batch_size / SIZING_REF_BATCH)
+
+
+def qualifies(steps: float, shape: Shape) -> bool:
+    return effective_steps(steps, shape) >= SIZING_MIN_STEPS
+
+
+def planned_steps(rate: float, shape: Shape, seq_len: int, budget_s: float | None, max_steps: int | None) -> float:
+    """Steps in the budget at `rate` chars/s, capped by --steps when both are given."""
+    steps = math.inf if budget_s is None else budget_s * rate / (shape.batch_size * seq_len)
+    return min(steps, max_steps) if max_steps is not None else steps
+
+
+def choose(rates: Mapping[Shape, float], seq_len: int, budget_s: float | None, max_steps: int | None) -> Choice:
+    """The largest shape that makes enough (effective) steps in the budget; among shapes of one size
+    the one with the most effective steps; when none makes enough, the one with the most. Pure: the
+    probe's measurements (or, under --steps alone, any rates) in, the choice out."""
+    if not rates:
+        raise ValueError("no candidate shapes to choose from")
+    plan = {s: planned_steps(r, s, seq_len, budget_s, max_steps) for s, r in rates.items()}
+    ok = [s for s in plan if qualifies(plan[s], s)]
+    if ok:
+        best = max(ok, key=lambda s: (size(s), effective_steps(plan[s], s)))
+    else:
+        best = max(plan, key=lambda s: (effective_steps(plan[s], s), -size(s)))
+    return Choice(best, plan[best], rates[best], "")
+
+
+def choose_for_steps(cands: Iterable[Shape], steps: int) -> Choice:
+    """--steps without a clock: every candidate makes the same steps, so the shape follows the steps alone;
+    the batch stays the reference one (with no clock, a bigger batch would always look free)."""
+    cands = list(cands)
+    ref = [s for s in cands if s.batch_size == SIZING_REF_BATCH] or cands
+    return replace(choose({s: 1.0 for s in ref}, 1, None, steps), rate=None)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What sizing decided for a new run: the cell and shape (None where flags fixed everything and no
+    speed was needed), the planned steps, the probe's seconds (they count against the budget), and the
+    line that tells the user."""
+
+    choice: Choice | None
+    cell: str | None
+    seconds: float = 0.0
+    note: str = ""
+
+
+def plan(
+    model_flags: Mapping[str, Any],
+    fixed: Mapping[str, int],
+    cfg: TrainConfig,
+    train_ids: np.ndarray,
+    device: torch.device,
+    dtype: torch.dtype,
+    world: int = 1,
+    share: Callable[[Any], Any] = lambda rates: rates,
+    clock: Callable[[], float] = time.perf_counter,
+) -> Plan:
+    """Choose what the user left open: the cell (no --model), the shape (some of --layers, --hidden,
+    --batch-size missing), and, under a time budget, the speed an automatic dropout needs.
+
+    The cells are tried in AUTO_CELLS order: the GRU learns more per step, so it wins short budgets, and
+    the LSTM is taken once the GRU's plan would read the training text AUTO_CELL_PASSES times or more.
+    `share` makes every rank of a distributed run use rank 0's measurements."""
+    budget = cfg.budget_seconds
+    cells = (model_flags["model"],) if model_flags.get("model") else AUTO_CELLS
+    auto_shape, auto_cell = len(fixed) < 3, len(cells) > 1
+    if not (auto_shape or auto_cell) and (budget is None or model_flags.get("dropout") is not None):
+        return Plan(None, None)
+    cands = candidates(device.type, fixed)
+    t0 = clock()
+    for cell in cells:
+        if budget is None:  # --steps alone: no clock to measure against
+            choice = choose_for_steps(cands, cfg.steps)
+        else:
+            first = {"model": cell, "layers": cands[0].layers, "hidden": cands[0].hidden}
+            probe_ = Probe(ModelConfig(**{**model_flags, **first}), train_ids, cfg.seq_len, device, dtype, world)
+            limit = min(PROBE_MAX_SECONDS, PROBE_BUDGET_FRAC * budget) / len(cells)
+            rates, _ = probe(cands, probe_.rate, cfg.seq_len, budget, cfg.steps, limit=limit, clock=clock)
+            choice = choose(share(rates), cfg.seq_len, budget, cfg.steps)
+        passes = choice.steps * choice.shape.batch_size * cfg.seq_len / max(1, len(train_ids))
+        if passes < AUTO_CELL_PASSES:
+            break
+    seconds = clock() - t0
+    if not (auto_shape or auto_cell):
+        return Plan(choice, cell, seconds)
+    flags = ", ".join(
+        f for f, auto in (("--model", auto_cell), ("--layers, --hidden, --batch-size", auto_shape)) if auto
+    )
+    if budget is None:
+        note = f"{cell} {choice.shape}: chosen for {cfg.steps:,} steps ({flags} set it)"
+    else:
+        note = (
+            f"{cell} {choice.shape}: about {choice.steps:,.0f} steps ({passes:.1f} passes) in {budget / 60:g} min "
+            f"at {choice.rate:,.0f} chars/s, measured in a {seconds:.1f} s probe ({flags} set it)"
+        )
+    return Plan(choice, cell, seconds, note)
+
+
+class Probe:
+    """Times a few real training steps (forward, backward, clip, AdamW) of a candidate shape on windows of
+    the real corpus, after one untimed warm-up step, so kernel selection and allocation do not count."""
+
+    def __init__(
+        self,
+        model_cfg: ModelConfig,
+        train_ids: np.ndarray,
+        seq_len: int,
+        device: torch.device,
+        dtype: torch.dtype,
+        world: int = 1,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        self.model_cfg, self.train_ids, self.seq_len = model_cfg, train_ids, seq_len
+        self.device, self.dtype, self.world, self.clock = device, dtype, world, clock
+
+    def rate(self, shape: Shape) -> float:
+        """Training chars/s of the whole (global) batch, as this process sees it."""
+        from charrnn.data import Streams
+        from charrnn.train import loss_fn, make_optimizer
+
+        local = max(1, shape.batch_size // self.world)
+        dropout = auto_dropout(0.0) if self.model_cfg.dropout is None else self.model_cfg.dropout
+        cfg = replace(self.model_cfg, layers=shape.layers, hidden=shape.hidden, dropout=dropout)
+        model = CharRNN(cfg).to(self.device)
+        opt = make_optimizer(model, TrainConfig())
+        streams = Streams(self.train_ids, local, self.seq_len)
+        state = model.init_state(local, self.device)
+        times = []
+        for k in range(1 + PROBE_TIMED_STEPS):
+            x, y = (torch.from_numpy(a).to(self.device) for a in streams.window(k))  # (b, T) each
+            self._sync()
+            t0 = self.clock()
+            with autocast(self.device, self.dtype):
+                logits, state = model(x, state)  # (b, T, V)
+            loss = loss_fn(logits, y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            state = detach_state(state)
+            self._sync()
+            times.append(self.clock() - t0)
+        return local * self.seq_len / float(np.median(times[1:])) * (shape.batch_size / local)
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+
+def probe(
+    cands: list[Shape],
+    measure: Callable[[Shape], float],
+    seq_len: int,
+    budget_s: float,
+    max_steps: int | None,
+    limit: float | None = None,
+    clock: Callable[[], float] = time.perf_counter,
+) -> tuple[dict[Shape, float], float]:
+    """Measure candidates from the cheapest up, batch by batch, until one can no longer make the steps it
+    needs (a larger one, slower still, cannot either) or the probe's own time is spent. Returns the rates
+    measured and the seconds the probe took (they count against the budget)."""
+    limit = min(PROBE_MAX_SECONDS, PROBE_BUDGET_FRAC * budget_s) if limit is None else limit
+    t0 = clock()
+    rates: dict[Shape, float] = {}
+    cost_per_size: float | None = None  # seconds of probing per unit of size x batch, from the last probe
+    for batch in sorted({s.batch_size for s in cands}):
+        for shape in [s for s in cands if s.batch_size == batch]:
+            spent = clock() - t0
+            if rates and cost_per_size is not None and spent + cost_per_size * size(shape) * batch > limit:
+                break
+            start = clock()
+            rates[shape] = measure(shape)
+            cost_per_size = (clock() - start) / (size(shape) * batch)
+            if not qualifies(planned_steps(rates[shape], shape, seq_len, budget_s, max_steps), shape):
+                break
+    return rates, clock() - t0

