@@ -36,7 +36,9 @@ def parse_flags(extra: list[str]) -> tuple[dict, dict]:
             if name in cls.__dataclass_fields__:
                 kind = str(cls.__dataclass_fields__[name].type)
                 target[name] = (
-                    raw.lower() in ("1", "true", "yes")
+                    tuple(int(c) for c in raw.split(",") if c)  # --cutoffs 500,2000; --cutoffs , is a full softmax
+                    if "tuple" in kind
+                    else raw.lower() in ("1", "true", "yes")
                     if "bool" in kind
                     else int(raw)
                     if "int" in kind

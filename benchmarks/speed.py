@@ -175,6 +175,38 @@ TRAIN_RSS = textwrap.dedent("""
 """)
 
 
+EVAL_RSS = textwrap.dedent("""
+    import json, sys, time
+    import torch
+    torch.set_num_threads(2)
+    from charrnn.evaluate import evaluate_checkpoint
+    t = time.perf_counter()
+    report = evaluate_checkpoint(sys.argv[2], sys.argv[1], "cpu")
+    print(json.dumps({"seconds": time.perf_counter() - t, "chars": report["chars"], "peak_rss_mb": HWM}))
+""")
+
+
+def eval_memory(tmp: Path, mb: int) -> dict:
+    """`charrnn eval FILE` on a large file with a tiny model: the ids go to disk and are read a window at a
+    time, so peak memory should not grow with the file."""
+    path = tmp / f"eval{mb}.txt"
+    write_corpus(path, mb * 1_000_000, seed=1)
+    torch.manual_seed(0)
+    with open(path, encoding="utf-8") as f:
+        vocab = Vocab.from_text(f.read(1_000_000))
+    model = CharRNN(ModelConfig(vocab_size=len(vocab), layers=1, hidden=16, embed=8))
+    ckpt = tmp / "tiny16.pt"
+    checkpoint.save({"model": model.state_dict(), "model_config": to_dict(model.cfg), "vocab": vocab.chars}, ckpt)
+    r = run_json(EVAL_RSS, str(path), str(ckpt), env=dict(os.environ))
+    print(
+        f"  eval of a {mb} MB file ({r['chars']:,} chars scored) in {r['seconds']:.0f} s: peak RSS "
+        f"{r['peak_rss_mb']:.0f} MB",
+        flush=True,
+    )
+    path.unlink()
+    return {"mb": mb, "seconds": round(r["seconds"], 1), "peak_rss_mb": round(r["peak_rss_mb"])}
+
+
 def run_json(code: str, *args: str, env: dict) -> dict:
     code = code.replace("HWM", HWM)
     out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=env, check=True)
@@ -212,6 +244,8 @@ def corpus_prep(tmp: Path, mb: int) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="fewer repeats and a 10 MB corpus (a smoke test)")
+    ap.add_argument("--eval-mb", type=int, default=None, help="size of the file for the eval memory line (100)")
+    ap.add_argument("--only-eval-memory", action="store_true", help="measure only the eval memory line")
     args = ap.parse_args()
     repeats = 3 if args.quick else 7
     tmp = Path(tempfile.mkdtemp(prefix="charrnn-speed-"))
@@ -227,6 +261,12 @@ def main() -> None:
         flush=True,
     )
 
+    eval_mb = args.eval_mb or (10 if args.quick else 100)
+    if args.only_eval_memory:
+        print("5. eval memory", flush=True)
+        result["eval_memory"] = eval_memory(tmp, eval_mb)
+        print("RESULT " + json.dumps(result))
+        return
     print("1. matmul roofline", flush=True)
     result["roofline_gflops"] = roofline(repeats)
     # The roofline: the best matmul rate torch reaches here in each precision, whatever the shape.
@@ -280,6 +320,8 @@ def main() -> None:
 
     print("4. corpus preparation", flush=True)
     result["corpus"] = corpus_prep(tmp, 10 if args.quick else 100)
+    print("5. eval memory", flush=True)
+    result["eval_memory"] = eval_memory(tmp, eval_mb)
     print("RESULT " + json.dumps(result))
 
 

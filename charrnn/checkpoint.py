@@ -171,7 +171,8 @@ def describe(path: Path) -> dict[str, Any]:
         "model": f"{cfg.model} {cfg.layers}x{cfg.hidden} (embed {cfg.embed}, dropout {dropout}"
         f"{', locked' if cfg.locked_dropout else ''}"
         f"{f', weight drop {cfg.weight_drop:g}' if cfg.weight_drop else ''}"
-        f"{', tied' if cfg.tie_weights else ''})",
+        f"{', tied' if cfg.tie_weights else ''}"
+        f"{f', adaptive softmax {list(cfg.cutoffs)}' if cfg.cutoffs else ''})",
         "parameters": f"{count_parameters(model):,}",
         **({"shape chosen": ckpt["sizing"]} if ckpt.get("sizing") else {}),
         "vocabulary": f"{len(vocab)} characters: {vocab.preview()}",

@@ -242,7 +242,9 @@ def train(
             )
             command = shlex.join([*launcher, "train", "--resume", "--out", str(result.run_dir)])
             err.print(f"[yellow]stopped at step {result.step}[/]; resume with: [bold]{escape(command)}[/]")
-    return 128 + result.signal if result.signal else 0
+    # A clean, saved stop exits 128 + the signal, as a shell expects; under torchrun every rank exits 0 instead,
+    # since torchrun reports any non-zero exit as a worker failure, with a ChildFailedError traceback.
+    return 128 + result.signal if result.signal and result.world == 1 else 0
 
 
 @app.command(cls=_Command)
@@ -337,6 +339,35 @@ def info(checkpoint: CheckpointOpt = None) -> int:
     table = Table(title=escape(str(path)), show_header=False)
     for key, value in ckpt_io.describe(path).items():
         table.add_row(key, escape(str(value)))
+    out.print(table)
+    return 0
+
+
+@app.command(cls=_Command)
+def cache(
+    clear: Annotated[
+        bool, typer.Option("--clear", help="Remove every cached corpus (they are rebuilt on use).")
+    ] = False,
+) -> int:
+    """List the encoded corpora cached for fast restarts, or clear them."""
+    import datetime
+
+    from charrnn import data
+
+    root = data.cache_root()
+    if clear:
+        entries, freed = data.clear_cache(root)
+        err.print(f"removed {entries} cached corpora ({freed / 1e6:,.1f} MB) from {escape(str(root))}")
+        return 0
+    found = data.cached_corpora(root)
+    table = Table(title=escape(f"{root} ({sum(c.bytes for c in found) / 1e6:,.1f} MB)"))
+    for column in ("corpus", "characters", "vocabulary", "MB", "last used", "folder"):
+        table.add_column(column, justify="right" if column in ("characters", "vocabulary", "MB") else "left")
+    for c in found:
+        when = datetime.datetime.fromtimestamp(c.used).strftime("%Y-%m-%d %H:%M")
+        table.add_row(
+            escape(c.source), f"{c.chars:,}", f"{c.vocab_size:,}", f"{c.bytes / 1e6:,.1f}", when, c.folder.name
+        )
     out.print(table)
     return 0
 

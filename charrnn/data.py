@@ -8,7 +8,7 @@ import codecs
 import hashlib
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,7 +50,9 @@ def check_corpus_path(path: str | os.PathLike) -> Path:
     return p
 
 
-def iter_text(path: Path, chunk_bytes: int = CHUNK_BYTES) -> Iterator[str]:
+def iter_text(
+    path: Path, chunk_bytes: int = CHUNK_BYTES, on_bytes: Callable[[bytes], None] | None = None
+) -> Iterator[str]:
     """Decode a file as strict UTF-8, chunk by chunk, naming the byte offset of the first bad byte.
 
     A leading byte-order mark is dropped; line endings are kept exactly as they are (CRLF stays CRLF).
@@ -61,6 +63,8 @@ def iter_text(path: Path, chunk_bytes: int = CHUNK_BYTES) -> Iterator[str]:
     with open(path, "rb") as f:
         while True:
             raw = f.read(chunk_bytes)
+            if on_bytes is not None:
+                on_bytes(raw)  # e.g. a hash of the very bytes decoded here, so the file is read once for both
             if offset == 0 and raw.startswith(BOM):
                 raw, offset = raw[len(BOM) :], len(BOM)
             nul = raw.find(b"\0")
@@ -94,10 +98,54 @@ def file_digest(path: Path) -> str:
 
 
 def cache_root() -> Path:
-    """$CHARRNN_CACHE, else $XDG_CACHE_HOME/charrnn, else ~/.cache/charrnn."""
+    """$CHARRNN_CACHE, else where the platform keeps caches (~/.cache/charrnn on Linux, ~/Library/Caches
+    on macOS, %LOCALAPPDATA% on Windows: platformdirs knows each)."""
     if env := os.environ.get("CHARRNN_CACHE"):
         return Path(env)
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "charrnn"
+    from platformdirs import user_cache_dir
+
+    return Path(user_cache_dir("charrnn", appauthor=False))
+
+
+@dataclass(frozen=True)
+class CachedCorpus:
+    folder: Path
+    source: str  # the file name it was made from (as first seen)
+    chars: int
+    vocab_size: int
+    bytes: int  # on disk
+    used: float  # last written or read (mtime), seconds since the epoch
+
+
+def cached_corpora(root: Path | None = None) -> list[CachedCorpus]:
+    """Every complete entry of the corpus cache, most recently used first."""
+    root = cache_root() if root is None else root
+    found = []
+    for folder in root.iterdir() if root.is_dir() else ():
+        try:
+            meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
+            size = sum(f.stat().st_size for f in folder.iterdir())
+            used = max(f.stat().st_mtime for f in folder.iterdir())
+            found.append(CachedCorpus(folder, meta.get("source", "?"), meta["chars"], len(meta["vocab"]), size, used))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # not ours, or half-written: left alone
+    return sorted(found, key=lambda c: -c.used)
+
+
+def clear_cache(root: Path | None = None) -> tuple[int, int]:
+    """Remove every cache entry (folders named digest-size, as read_corpus makes them); returns (entries,
+    bytes) removed. Anything else in the folder is not ours and stays."""
+    import re
+    import shutil
+
+    root = cache_root() if root is None else root
+    entries = freed = 0
+    for folder in root.iterdir() if root.is_dir() else ():
+        if folder.is_dir() and re.fullmatch(r"[0-9a-f]{24}-\d+", folder.name):
+            freed += sum(f.stat().st_size for f in folder.iterdir() if f.is_file())
+            shutil.rmtree(folder, ignore_errors=True)
+            entries += 1
+    return entries, freed
 
 
 def read_corpus(path: str | os.PathLike, use_cache: bool = True, digest: str | None = None) -> Corpus:
@@ -109,19 +157,30 @@ def read_corpus(path: str | os.PathLike, use_cache: bool = True, digest: str | N
     """
     p = check_corpus_path(path)
     size = p.stat().st_size
+    root = cache_root()
+    counts = None
+    if digest is None and not (use_cache and any(root.glob(f"*-{size}"))):
+        digest, counts = _hash_and_count(p)  # nothing cached has this size: surely new, so one read does both
     digest = digest or file_digest(p)
-    folder = cache_root() / f"{digest[:24]}-{size}"
+    folder = root / f"{digest[:24]}-{size}"
     if use_cache and (cached := _load_cache(folder)) is not None:
         ids, vocab, chars = cached
     else:
-        ids, vocab, chars = _encode_file(p, folder if use_cache else None)
+        counts = _hash_and_count(p)[1] if counts is None else counts
+        ids, vocab, chars = _encode_file(p, counts, folder if use_cache else None)
     return Corpus(ids, vocab, CorpusInfo(str(p.resolve()), size, digest, chars))
 
 
-def _encode_file(path: Path, folder: Path | None) -> tuple[np.ndarray, Vocab, int]:
-    counts = np.zeros(MAX_CODE_POINT + 1, dtype=np.int64)  # (0x110000,) histogram of code points
-    for text in iter_text(path):
+def _hash_and_count(path: Path) -> tuple[str, np.ndarray]:
+    """SHA-256 of the file and the histogram of its code points, (0x110000,), from one read."""
+    h = hashlib.sha256()
+    counts = np.zeros(MAX_CODE_POINT + 1, dtype=np.int64)  # (0x110000,)
+    for text in iter_text(path, on_bytes=h.update):
         counts += np.bincount(code_points(text), minlength=MAX_CODE_POINT + 1)
+    return h.hexdigest(), counts
+
+
+def _encode_file(path: Path, counts: np.ndarray, folder: Path | None) -> tuple[np.ndarray, Vocab, int]:
     chars = int(counts.sum())
     if chars == 0:
         raise CharRNNError(f"corpus {path} is empty (it holds only a byte-order mark)")
@@ -145,7 +204,7 @@ def _write_cache(path: Path, folder: Path, vocab: Vocab, dtype: np.dtype, chars:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, folder / "ids.bin")
-    meta = {"format": CACHE_FORMAT, "dtype": dtype.name, "chars": chars, "vocab": vocab.chars}
+    meta = {"format": CACHE_FORMAT, "dtype": dtype.name, "chars": chars, "vocab": vocab.chars, "source": path.name}
     tmp_meta = folder / f"meta.json.tmp-{os.getpid()}"
     tmp_meta.write_text(json.dumps(meta), encoding="utf-8")
     os.replace(tmp_meta, folder / "meta.json")  # written last: its presence means ids.bin is complete
@@ -161,21 +220,46 @@ def _load_cache(folder: Path) -> tuple[np.ndarray, Vocab, int] | None:
         if (folder / "ids.bin").stat().st_size != chars * dtype.itemsize:
             return None
         ids = np.memmap(folder / "ids.bin", dtype=dtype, mode="r", shape=(chars,))
+        os.utime(folder / "meta.json")  # "last used", for `charrnn cache`
         return ids, Vocab(meta["vocab"]), chars
     except (OSError, ValueError, KeyError, CharRNNError):
         return None
 
 
-def read_text_ids(path: str | os.PathLike, vocab: Vocab) -> tuple[np.ndarray, int]:
-    """Encode any text file with a model's vocabulary: (ids, characters skipped as unknown)."""
+class IdFile:
+    """Character ids on disk, read one slice at a time, so scoring a file larger than memory keeps only a
+    window of it resident (evaluate only ever slices its ids)."""
+
+    def __init__(self, path: Path, dtype: np.dtype, n: int) -> None:
+        self.dtype, self.n = np.dtype(dtype), n
+        self._f = open(path, "rb")  # noqa: SIM115 - lives as long as this object; closed by close()
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, s: slice) -> np.ndarray:
+        start, stop, _ = s.indices(self.n)
+        self._f.seek(start * self.dtype.itemsize)
+        return np.fromfile(self._f, self.dtype, max(0, stop - start))  # (stop - start,)
+
+    def close(self) -> None:
+        self._f.close()
+
+
+def encode_to_file(path: str | os.PathLike, vocab: Vocab, out: Path) -> tuple[IdFile, int]:
+    """Encode any text file with a model's vocabulary into `out`, chunk by chunk: (the ids, read back a
+    slice at a time, and the number of characters skipped as unknown)."""
     p = check_corpus_path(path)
-    parts, skipped = [], 0
-    for text in iter_text(p):
-        cps = code_points(text)
-        ids = vocab.encode_code_points(cps, unknown="skip")
-        skipped += len(cps) - len(ids)
-        parts.append(ids)
-    return np.concatenate(parts), skipped
+    dtype = smallest_id_dtype(len(vocab))
+    n = skipped = 0
+    with open(out, "wb") as f:
+        for text in iter_text(p):
+            cps = code_points(text)
+            ids = vocab.encode_code_points(cps, unknown="skip")
+            skipped += len(cps) - len(ids)
+            n += len(ids)
+            f.write(ids.astype(dtype).tobytes())
+    return IdFile(out, dtype, n), skipped
 
 
 def split(ids: np.ndarray, val_frac: float) -> tuple[np.ndarray, np.ndarray]:

@@ -89,7 +89,8 @@ class Dist:
         if self.world == 1:
             return model
         ids = [self.device.index] if self.device.type == "cuda" else None
-        return DistributedDataParallel(model, device_ids=ids)
+        # an adaptive softmax may leave a rare cluster unused in a step: DDP must not wait for its gradient
+        return DistributedDataParallel(model, device_ids=ids, find_unused_parameters=getattr(model, "adaptive", False))
 
     def seed_step(self, seed: int, step: int) -> None:
         """With several ranks, dropout draws from a generator seeded by (seed, step, rank): masks differ

@@ -7,6 +7,7 @@ windows; the few ids left over at the end continue the last row's state. Only `s
 from __future__ import annotations
 
 import math
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -67,24 +68,24 @@ def evaluate(
     was_training = model.training
     model.eval()
     try:
-        ids = np.asarray(ids)  # (N,) uint8/16/32, often a memory map: only each window becomes int64
+        # `ids` is only ever sliced, one window of each row at a time (and each window alone becomes int64),
+        # so an array, a memory map or a data.IdFile on disk all work, and memory stays one window wide.
         rows = max(1, min(streams, (n - 1) // window or 1))
         length = (n - 1) // rows  # inputs per row
-        grid = ids[: rows * length + 1]
-        x_all = grid[:-1].reshape(rows, length)  # (S, L)
-        y_all = grid[1:].reshape(rows, length)  # (S, L)
+        starts = range(0, rows * length, length)
         total, state = 0.0, None
         for t in range(0, length, window):
             if should_stop is not None and should_stop():
                 return None
-            nats, state = _score(model, x_all[:, t : t + window], y_all[:, t : t + window], state, device, dtype)
+            w = min(window, length - t)
+            chunk = np.stack([ids[s + t : s + t + w + 1] for s in starts])  # (S, w + 1)
+            nats, state = _score(model, chunk[:, :-1], chunk[:, 1:], state, device, dtype)
             total += nats
         tail = n - 1 - rows * length
         if tail:
             last = tuple(s[:, -1:].contiguous() for s in state)  # (layers, 1, H): the last row goes on
-            nats, _ = _score(
-                model, ids[None, rows * length : n - 1], ids[None, rows * length + 1 :], last, device, dtype
-            )
+            rest = np.asarray(ids[rows * length : n])[None]  # (1, tail + 1)
+            nats, _ = _score(model, rest[:, :-1], rest[:, 1:], last, device, dtype)
             total += nats
         return EvalResult(chars=n - 1, nats=total)
     finally:
@@ -99,7 +100,6 @@ def evaluate_checkpoint(path, file=None, device: str = "auto", warn=lambda messa
     from pathlib import Path
 
     from charrnn import checkpoint, data
-    from charrnn.config import TrainConfig, from_dict
     from charrnn.devices import pick_device, pick_dtype
 
     ckpt = checkpoint.load(path)
@@ -107,33 +107,19 @@ def evaluate_checkpoint(path, file=None, device: str = "auto", warn=lambda messa
     dev = pick_device(device)
     model.to(dev)
     skipped = 0
-    if file is not None:
-        ids, skipped = data.read_text_ids(file, vocab)
-        label = str(file)
-    else:
-        corpus = ckpt.get("corpus")
-        if not corpus:
-            raise CharRNNError(f"{path} records no training corpus: give a FILE to score")
-        where = Path(corpus["path"])
-        if not where.is_file():
-            raise CharRNNError(
-                f"the run's corpus {where} is not there any more (moved or deleted): "
-                "give the FILE to score, e.g. `charrnn eval corpus.txt`"
-            )
-        val_frac = from_dict(TrainConfig, ckpt.get("train_config", {})).val_frac
-        if val_frac == 0:
-            raise CharRNNError("the run trained with --val-frac 0, so it has no validation split: give a FILE")
-        digest = data.file_digest(where) if where.stat().st_size == corpus["size"] else None
-        if digest != corpus["sha256"]:
-            warn(
-                f"the run's corpus {where} changed since training; scoring the validation split of its current contents"
-            )
-            all_ids, skipped = data.read_text_ids(where, vocab)
+    with tempfile.TemporaryDirectory(prefix="charrnn-eval-") as tmp:  # encoded ids of a FILE: on disk, not in RAM
+        if file is not None:
+            ids, skipped = data.encode_to_file(file, vocab, Path(tmp) / "ids.bin")
+            label = str(file)
         else:
-            all_ids = data.read_corpus(where, digest=digest).ids
-        _, ids = data.split(all_ids, val_frac)
-        label = f"validation split of {where} (last {val_frac:.0%})"
-    result = evaluate(model, ids, dev, pick_dtype("auto", dev))
+            ids, skipped, label = _validation_split(ckpt, path, vocab, Path(tmp) / "ids.bin", warn)
+        if len(ids) < 2:
+            raise CharRNNError(f"need at least 2 known characters to score, got {len(ids)}")
+        try:
+            result = evaluate(model, ids, dev, pick_dtype("auto", dev))
+        finally:
+            if isinstance(ids, data.IdFile):
+                ids.close()
     return {
         "text": label,
         "chars": result.chars,
@@ -143,3 +129,34 @@ def evaluate_checkpoint(path, file=None, device: str = "auto", warn=lambda messa
         "skipped_unknown": skipped,
         "checkpoint": str(path),
     }
+
+
+def _validation_split(ckpt: dict, path, vocab, scratch, warn) -> tuple[np.ndarray, int, str]:
+    """The validation split of the run's own corpus: (its ids, characters skipped as unknown, a label)."""
+    from pathlib import Path
+
+    from charrnn import data
+    from charrnn.config import TrainConfig, from_dict
+
+    corpus = ckpt.get("corpus")
+    if not corpus:
+        raise CharRNNError(f"{path} records no training corpus: give a FILE to score")
+    where = Path(corpus["path"])
+    if not where.is_file():
+        raise CharRNNError(
+            f"the run's corpus {where} is not there any more (moved or deleted): "
+            "give the FILE to score, e.g. `charrnn eval corpus.txt`"
+        )
+    val_frac = from_dict(TrainConfig, ckpt.get("train_config", {})).val_frac
+    if val_frac == 0:
+        raise CharRNNError("the run trained with --val-frac 0, so it has no validation split: give a FILE")
+    label = f"validation split of {where} (last {val_frac:.0%})"
+    digest = data.file_digest(where) if where.stat().st_size == corpus["size"] else None
+    if digest == corpus["sha256"]:
+        return data.split(data.read_corpus(where, digest=digest).ids, val_frac)[1], 0, label
+    warn(f"the run's corpus {where} changed since training; scoring the validation split of its current contents")
+    all_ids, skipped = data.encode_to_file(where, vocab, scratch)
+    try:
+        return data.split(all_ids, val_frac)[1], skipped, label  # the split alone is read into memory
+    finally:
+        all_ids.close()

@@ -33,7 +33,11 @@ class CharRNN(nn.Module):
         self.drop = nn.Dropout(0.0)
         self.rnn = CELLS[cfg.model](cfg.embed, cfg.hidden, num_layers=cfg.layers, batch_first=True)
         self.set_dropout(cfg.dropout or 0.0)  # None (not chosen yet, see config.auto_dropout): none
-        self.head = nn.Linear(cfg.hidden, cfg.vocab_size)
+        if cfg.cutoffs:  # classes are frequency ranks: `rank` maps a character id to its class, `by_rank` back
+            self.head = nn.AdaptiveLogSoftmaxWithLoss(cfg.hidden, cfg.vocab_size, list(cfg.cutoffs), div_value=4.0)
+            self.register_buffer("rank", torch.arange(cfg.vocab_size))
+        else:
+            self.head = nn.Linear(cfg.hidden, cfg.vocab_size)
         if cfg.tie_weights:
             self.head.weight = self.embed.weight
         if cfg.model == "lstm":
@@ -53,11 +57,29 @@ class CharRNN(nn.Module):
         self.drop.p = p
         self.rnn.dropout = p if self.cfg.layers > 1 else 0.0  # between layers only; read at every forward
 
+    @property
+    def adaptive(self) -> bool:
+        return bool(self.cfg.cutoffs)
+
+    @torch.no_grad()
+    def set_frequency_order(self, counts: torch.Tensor) -> None:
+        """Rank the characters by how often the training text uses them (most frequent first), so the
+        adaptive softmax keeps the frequent ones in its cheap head. Set once, before training."""
+        order = torch.argsort(torch.as_tensor(counts), descending=True, stable=True)  # (V,) ids by frequency
+        self.rank[order] = torch.arange(len(order), device=self.rank.device)
+
     def init_state(self, batch: int, device: torch.device | str = "cpu") -> State:
         zeros = torch.zeros(self.cfg.layers, batch, self.cfg.hidden, device=device)  # (L, B, H)
         return (zeros, zeros.clone()) if self.cfg.model == "lstm" else (zeros,)
 
-    def forward(self, ids: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
+    def forward(
+        self, ids: torch.Tensor, state: State | None = None, targets: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, State]:
+        """(logits, state); with `targets`, (mean loss over the window, state) instead.
+
+        An adaptive head returns exact log-probabilities of the whole vocabulary as its logits (softmax
+        and cross-entropy read them as they read logits), but trains through its loss alone, which never
+        builds the full (B, T, V) output: that is where its speed comes from."""
         x = self._drop(self.embed(ids))  # (B, T, E)
         if state is not None:
             state = state if self.cfg.model == "lstm" else state[0]
@@ -65,8 +87,18 @@ class CharRNN(nn.Module):
             out, new_state = functional_call(self.rnn, self._dropped_weights(), (x, state))  # (B, T, H)
         else:
             out, new_state = self.rnn(x, state)  # (B, T, H)
-        logits = self.head(self._drop(out))  # (B, T, V)
-        return logits, (tuple(new_state) if isinstance(new_state, tuple) else (new_state,))
+        out = self._drop(out)  # (B, T, H)
+        new_state = tuple(new_state) if isinstance(new_state, tuple) else (new_state,)
+        if not self.adaptive:
+            logits = self.head(out)  # (B, T, V)
+            if targets is None:
+                return logits, new_state
+            return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten()), new_state
+        flat = out.reshape(-1, out.shape[-1]).float()  # (B*T, H)
+        if targets is not None:
+            return self.head(flat, self.rank[targets.flatten()]).loss, new_state
+        log_p = self.head.log_prob(flat)[:, self.rank]  # (B*T, V) in character-id order
+        return log_p.view(*out.shape[:2], -1), new_state  # (B, T, V)
 
     def _drop(self, x: torch.Tensor) -> torch.Tensor:
         """Dropout on the embeddings and the top layer's output. Locked (variational, Gal & Ghahramani

@@ -31,7 +31,8 @@ def generate(model: CharRNN, vocab: Vocab, cfg: SampleConfig) -> Iterator[list[s
     """
     _check_vocab(model, vocab)
     on_cpu = _device(model).type == "cpu"  # numpy cannot reach GPU memory: there, step the model where it lives
-    return _loop(model, vocab, cfg, FastRNN if on_cpu else _TorchStepper)
+    fast = on_cpu and not model.adaptive  # FastRNN has no adaptive softmax: torch computes its exact log-probs
+    return _loop(model, vocab, cfg, FastRNN if fast else _TorchStepper)
 
 
 def naive_generate(model: CharRNN, vocab: Vocab, cfg: SampleConfig) -> Iterator[list[str]]:

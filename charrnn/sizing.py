@@ -199,12 +199,14 @@ class Probe:
     def rate(self, shape: Shape) -> float:
         """Training chars/s of the whole (global) batch, as this process sees it."""
         from charrnn.data import Streams
-        from charrnn.train import loss_fn, make_optimizer
+        from charrnn.train import forward_loss, make_optimizer
 
         local = max(1, shape.batch_size // self.world)
         dropout = auto_dropout(0.0) if self.model_cfg.dropout is None else self.model_cfg.dropout
         cfg = replace(self.model_cfg, layers=shape.layers, hidden=shape.hidden, dropout=dropout)
         model = CharRNN(cfg).to(self.device)
+        if model.adaptive:  # which clusters the windows reach depends on the frequency order
+            model.set_frequency_order(torch.from_numpy(np.bincount(self.train_ids, minlength=cfg.vocab_size)))
         opt = make_optimizer(model, TrainConfig())
         streams = Streams(self.train_ids, local, self.seq_len)
         state = model.init_state(local, self.device)
@@ -214,8 +216,7 @@ class Probe:
             self._sync()
             t0 = self.clock()
             with autocast(self.device, self.dtype):
-                logits, state = model(x, state)  # (b, T, V)
-            loss = loss_fn(logits, y)
+                loss, state = forward_loss(model, model, x, y, state)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from charrnn import checkpoint, data, sizing
-from charrnn.config import ModelConfig, TrainConfig, auto_dropout, auto_lr, from_dict, to_dict
+from charrnn.config import ModelConfig, TrainConfig, auto_cutoffs, auto_dropout, auto_lr, from_dict, to_dict
 from charrnn.devices import autocast, pick_device, pick_dtype
 from charrnn.distributed import Dist
 from charrnn.errors import CharRNNError
@@ -87,6 +87,17 @@ def lr_at(cfg: TrainConfig, step: int, progress: float) -> float:
 def loss_fn(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy in fp32 whatever the autocast dtype: the loss is the master quantity."""
     return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())  # (B*T, V) vs (B*T,)
+
+
+def forward_loss(
+    net: torch.nn.Module, model: CharRNN, x: torch.Tensor, y: torch.Tensor, state: State | None
+) -> tuple[torch.Tensor, State]:
+    """The window's mean loss and the new state, through `net` (the model, or its DDP wrapper). A full
+    softmax goes through loss_fn on the logits; an adaptive head computes its own loss, never the logits."""
+    if model.adaptive:
+        return net(x, state, y)
+    logits, state = net(x, state)  # (B, T, V)
+    return loss_fn(logits, y), state
 
 
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -202,6 +213,8 @@ class Trainer:
         if self.saved is not None:
             _check_same_corpus(self.saved.get("corpus") or {}, self.corpus.info, corpus_path, self.run_dir)
         model_flags = {**model_flags, "vocab_size": len(vocab)}
+        if self.saved is None:  # a large vocabulary gets an adaptive softmax (a resumed run keeps its head)
+            model_flags.setdefault("cutoffs", auto_cutoffs(len(vocab)))
         train_ids, self.val_ids = data.split(self.corpus.ids, self.cfg.val_frac)
         self.val_ids = self.val_ids[: self.cfg.val_chars]  # --val-chars: a cheaper validation on a huge split
         if self.cfg.val_frac > 0 and len(self.val_ids) < 2:
@@ -229,6 +242,8 @@ class Trainer:
 
         torch.manual_seed(self.cfg.seed)
         self.model = CharRNN(self.model_cfg).to(self.device)
+        if self.model.adaptive and self.saved is None:
+            self.model.set_frequency_order(torch.from_numpy(np.bincount(train_ids, minlength=len(vocab))))
         if self.model_cfg.dropout is None:
             if plan.choice is None and self.cfg.budget_seconds is not None:  # resuming an old run: measure it
                 plan = self._plan(to_dict(self.model_cfg), {"batch_size": self.cfg.batch_size}, train_ids)
@@ -341,8 +356,7 @@ class Trainer:
         for group in self.opt.param_groups:
             group["lr"] = lr
         with autocast(self.device, self.dtype):
-            logits, new_state = self.ddp_model(xt, self.state)  # (B, T, V)
-        loss = loss_fn(logits, yt)
+            loss, new_state = forward_loss(self.ddp_model, self.model, xt, yt, self.state)
         self.opt.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.opt)

@@ -237,7 +237,7 @@ def test_python_dash_m_help():
     assert "Traceback" not in proc.stderr
 
 
-@pytest.mark.parametrize("command", ["train", "sample", "eval", "info", None])
+@pytest.mark.parametrize("command", ["train", "sample", "eval", "info", "cache", None])
 def test_help_lists_every_option_and_no_flag_asks_for_a_value(run_cli, monkeypatch, command):
     """Every option the command accepts is in its help; a value option names its type; a flag (which takes
     no value) shows none: typer >= 0.2x printed `--resume <bool>` and even `--help <bool>`."""
@@ -337,3 +337,19 @@ def test_regularisation_flags_reach_the_model_and_info(run_cli, tiny_corpus, tmp
     info = run_cli("info", "-c", run)[1]
     assert all(word in table_row(info, "model") for word in ("dropout 0.1,", "locked,", "weight drop 0.2"))
     assert "tied" in info  # the table wraps the long model line
+
+
+def test_cache_lists_and_clears_cached_corpora_and_nothing_else(run_cli, tiny_corpus, tmp_path):
+    from charrnn import data
+
+    data.read_corpus(tiny_corpus)
+    root = data.cache_root()
+    (root / "notes.txt").write_text("not charrnn's", encoding="utf-8")
+    code, out, _ = run_cli("cache")
+    assert code == 0 and "tiny.txt" in out and "30," in out  # name and character count of the corpus
+    [entry] = data.cached_corpora()
+    assert entry.source == "tiny.txt" and entry.bytes > entry.chars
+    code, _, err = run_cli("cache", "--clear")
+    assert code == 0 and "removed 1 cached corpora" in err
+    assert data.cached_corpora() == [] and (root / "notes.txt").exists()
+    assert data.read_corpus(tiny_corpus).info.chars == entry.chars  # rebuilt on use

@@ -107,3 +107,19 @@ def test_ranks_partition_the_single_process_batch(world):
 def test_batch_not_divisible_by_world():
     with pytest.raises(CharRNNError, match="multiple"):
         data.Streams(np.arange(1000), 6, 5, rank=0, world=4)
+
+
+def test_a_new_corpus_is_hashed_and_counted_in_one_read_and_a_cached_one_only_hashed(tmp_path, monkeypatch):
+    monkeypatch.setenv("CHARRNN_CACHE", str(tmp_path / "cache"))
+    p = tmp_path / "c.txt"
+    p.write_text("hello world\n" * 500, encoding="utf-8")
+    reads = []
+    real_iter, real_digest = data.iter_text, data.file_digest
+    monkeypatch.setattr(data, "iter_text", lambda *a, **k: (reads.append("decode"), real_iter(*a, **k))[1])
+    monkeypatch.setattr(data, "file_digest", lambda *a: (reads.append("hash"), real_digest(*a))[1])
+    first = data.read_corpus(p)
+    assert reads == ["decode", "decode"]  # hash + count, then encode: never a separate hashing read
+    assert first.info.sha256 == real_digest(p)
+    reads.clear()
+    again = data.read_corpus(p)
+    assert reads == ["hash"] and np.array_equal(np.asarray(again.ids), np.asarray(first.ids))

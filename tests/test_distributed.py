@@ -6,8 +6,10 @@ from __future__ import annotations
 import json
 import os
 import random
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -235,3 +237,55 @@ def test_one_process_is_a_no_op():
     state = torch.get_rng_state()
     d.seed_step(1, 2)
     assert torch.equal(torch.get_rng_state(), state)  # one process keeps its own generator
+
+
+def test_sigterm_to_the_workers_stops_cleanly_without_a_torchrun_traceback(tmp_path):
+    """A scheduler's SIGTERM to the worker processes: every rank stops at the same step and saves, and
+    torchrun, seeing clean exits, prints no ChildFailedError traceback; rank 0 prints the resume command."""
+    corpus = str(_corpus(tmp_path / "tiny.txt", 20_000))
+    proc = torchrun(tmp_path, corpus, *FLAGS, "--steps", "100000", "--eval-every", "2", "--out", "run")
+    end = time.monotonic() + TIMEOUT
+    while not (tmp_path / "run" / "last.pt").exists():
+        assert proc.poll() is None and time.monotonic() < end, "no checkpoint appeared"
+        time.sleep(0.05)
+    workers = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+    assert len(workers) == 2
+    for pid in workers:
+        os.kill(int(pid), signal.SIGTERM)
+    result = _finish(proc, ok=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "ChildFailedError" not in result.stderr and "Traceback" not in result.stderr
+    assert "torchrun --nproc-per-node 2 -m charrnn train --resume --out run" in result.stderr
+    assert checkpoint_step(tmp_path / "run") >= 2
+
+
+def checkpoint_step(run: Path) -> int:
+    return int(torch.load(run / "last.pt", weights_only=True)["step"])
+
+
+def test_device_cpu_is_honoured_under_torchrun_on_a_machine_with_gpus(monkeypatch):
+    """Without a GPU here, pretend CUDA is there: --device cpu must still give gloo on the CPU."""
+    joined = []
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", "29999")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(dist, "init_process_group", lambda backend: joined.append(backend))
+    monkeypatch.setattr(dist, "get_rank", lambda: 1)
+    monkeypatch.setattr(dist, "get_world_size", lambda: 2)
+    d = Dist.from_env("cpu")
+    assert joined == ["gloo"] and d.device == torch.device("cpu") and (d.rank, d.world) == (1, 2)
+
+
+def test_a_failure_while_building_the_trainer_still_leaves_the_process_group(monkeypatch, tmp_path):
+    from charrnn import train as train_mod
+    from charrnn.errors import CharRNNError
+
+    closed = []
+    monkeypatch.setattr(Dist, "from_env", classmethod(lambda cls, device="auto": cls()))
+    monkeypatch.setattr(Dist, "close", lambda self: closed.append(True))
+    with pytest.raises(CharRNNError, match="corpus not found"):
+        train_mod.train(tmp_path / "missing.txt", {}, {"steps": 1}, out=tmp_path / "run")
+    assert closed == [True]
