@@ -263,16 +263,35 @@ def sample(
     ] = None,
     seed: Annotated[Optional[int], typer.Option(help="Same seed, same text.")] = None,
     num: Annotated[int, typer.Option(help="Independent samples, generated together as one batch.")] = SampleConfig.num,
+    stop: Annotated[
+        Optional[list[str]],
+        typer.Option(help="End each sample where it first writes this string (repeatable; '\\n' is a newline)."),
+    ] = None,
+    keep_stop: Annotated[bool, typer.Option("--keep-stop", help="Print the stop string that ended a sample.")] = False,
+    prime_file: Annotated[Optional[Path], typer.Option(help="Read the prime from this UTF-8 file.")] = None,
+    beam: Annotated[
+        Optional[int], typer.Option(help="Beam search of this width for the likeliest text, instead of sampling.")
+    ] = None,
+    output_format: Annotated[
+        str, typer.Option("--format", help="text, or jsonl: one JSON object per sample, for scripts.")
+    ] = "text",
     device: Annotated[str, typer.Option(help="cpu (fastest for a few streams), cuda, mps or auto.")] = "cpu",
     threads: ThreadsOpt = None,
 ) -> int:
-    """Generate text from a trained model, streaming it to stdout."""
+    """Generate text from a trained model, streaming it to stdout. `--prime -` reads the prime from stdin."""
+    import secrets
+
     from charrnn import checkpoint as ckpt_io
     from charrnn.devices import pick_device, set_threads
-    from charrnn.sample import generate
+    from charrnn.steer import beam_search, nats_per_char, steered, unescape
 
     set_threads(threads)
+    if output_format not in ("text", "jsonl"):
+        raise CharRNNError(f"--format must be text or jsonl, got {output_format!r}")
+    prime = _read_prime(prime, prime_file)
+    seed = secrets.randbelow(2**31) if seed is None else seed  # chosen here so that jsonl can report it
     cfg = SampleConfig(**_given(temp=temp, length=length, prime=prime, top_k=top_k, top_p=top_p, seed=seed, num=num))
+    stops = [unescape(s) for s in stop or []]
     dev = pick_device(device)
     path = ckpt_io.resolve(checkpoint)
     model, vocab = ckpt_io.build_model(ckpt_io.load(path), path)
@@ -285,21 +304,65 @@ def sample(
         )
     echo = "".join(c for c in cfg.prime if c in vocab) if prime is not None else ""
     stream = sys.stdout
-    if cfg.num == 1:
+    if beam is not None:
+        texts = [t for t, _ in beam_search(model, vocab, cfg.prime, beam, cfg.length, stops, keep_stop, cfg.num)]
+    elif cfg.num == 1 and output_format == "text":  # one sample: stream it as it comes
         stream.write(echo)
-        for chars in generate(model, vocab, cfg):
-            stream.write(chars[0])
-            stream.flush()  # stream as it comes, to a terminal or a pipe (`| tee`): ~1 us a character
+        for _, piece in steered(model, vocab, cfg, stops, keep_stop):
+            stream.write(piece)
+            stream.flush()  # to a terminal or a pipe (`| tee`): ~1 us a character
         stream.write("\n")
+        stream.flush()
+        return 0
     else:
-        texts = [[] for _ in range(cfg.num)]
-        for chars in generate(model, vocab, cfg):
-            for buf, c in zip(texts, chars):
-                buf.append(c)
-        for i, buf in enumerate(texts, 1):
-            stream.write(f"{'' if i == 1 else chr(10)}=== sample {i}/{cfg.num} ===\n{echo}{''.join(buf)}\n")
+        texts = [""] * cfg.num
+        for i, piece in steered(model, vocab, cfg, stops, keep_stop):
+            texts[i] += piece
+    if output_format == "jsonl":
+        settings = {
+            "temp": cfg.temp,
+            "top_k": cfg.top_k,
+            "top_p": cfg.top_p,
+            "length": cfg.length,
+            "beam": beam,
+            "stop": stops,
+            "checkpoint": str(path),
+        }
+        for i, text in enumerate(texts):
+            row = {
+                "sample": i + 1,
+                "text": text,
+                "prime": echo,
+                "seed": None if beam else cfg.seed,
+                "settings": settings,
+                "nats_per_char": nats_per_char(model, vocab, text),
+            }
+            stream.write(json.dumps(row, ensure_ascii=False) + "\n")
+    elif len(texts) == 1:
+        stream.write(f"{echo}{texts[0]}\n")
+    else:
+        for i, text in enumerate(texts, 1):
+            stream.write(f"{'' if i == 1 else chr(10)}=== sample {i}/{len(texts)} ===\n{echo}{text}\n")
     stream.flush()
     return 0
+
+
+def _read_prime(prime: str | None, prime_file: Path | None) -> str | None:
+    """--prime TEXT, --prime - (standard input) or --prime-file FILE (UTF-8)."""
+    if prime is not None and prime_file is not None:
+        raise CharRNNError("give --prime or --prime-file, not both")
+    if prime == "-":
+        return sys.stdin.read()
+    if prime_file is None:
+        return prime
+    try:
+        return prime_file.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise CharRNNError(f"--prime-file {prime_file} not found") from None
+    except UnicodeDecodeError as e:
+        raise CharRNNError(f"--prime-file {prime_file} is not UTF-8 (bad byte at offset {e.start})") from None
+    except OSError as e:
+        raise CharRNNError(f"--prime-file {prime_file}: {e.strerror}") from None
 
 
 @app.command("eval", cls=_Command)
