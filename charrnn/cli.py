@@ -10,7 +10,9 @@ import json
 import math
 import os
 import shlex
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -230,8 +232,34 @@ def train(
         precision=precision,
         seed=seed,
     )
-    with TrainDisplay(err) as display:
-        result = run_training(corpus, model_flags, train_flags, out, resume, display.update)
+    with _QuietAfterStop() as quiet:
+        with TrainDisplay(err) as display:
+            result = run_training(corpus, model_flags, train_flags, out, resume, display.update)
+            quiet.arm(result.signal)
+        _report_run(display, result)
+    # A clean, saved stop exits 128 + the signal, as a shell expects; under torchrun every rank exits 0 instead,
+    # since torchrun reports any non-zero exit as a worker failure, with a ChildFailedError traceback.
+    return 128 + result.signal if result.signal and result.world == 1 else 0
+
+
+class _QuietAfterStop:
+    """Once a run has stopped on a signal and saved, a second Ctrl-C (people press it twice) must not cut
+    the summary and the resume command short: ignore SIGINT/SIGTERM until the block ends."""
+
+    def __enter__(self) -> _QuietAfterStop:
+        self.old: dict[int, Any] = {}
+        return self
+
+    def arm(self, stopped_by: int | None) -> None:
+        if stopped_by and not self.old and threading.current_thread() is threading.main_thread():
+            self.old = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, old in self.old.items():
+            signal.signal(sig, old)
+
+
+def _report_run(display: TrainDisplay, result: Any) -> None:
     if result.rank == 0:  # under torchrun only rank 0 speaks
         display.summary(result)
         if result.signal:
@@ -242,9 +270,6 @@ def train(
             )
             command = shlex.join([*launcher, "train", "--resume", "--out", str(result.run_dir)])
             err.print(f"[yellow]stopped at step {result.step}[/]; resume with: [bold]{escape(command)}[/]")
-    # A clean, saved stop exits 128 + the signal, as a shell expects; under torchrun every rank exits 0 instead,
-    # since torchrun reports any non-zero exit as a worker failure, with a ChildFailedError traceback.
-    return 128 + result.signal if result.signal and result.world == 1 else 0
 
 
 @app.command(cls=_Command)
