@@ -246,15 +246,20 @@ def probe(
     limit = min(PROBE_MAX_SECONDS, PROBE_BUDGET_FRAC * budget_s) if limit is None else limit
     t0 = clock()
     rates: dict[Shape, float] = {}
-    cost_per_size: float | None = None  # seconds of probing per unit of size x batch, from the last probe
     for batch in sorted({s.batch_size for s in cands}):
         for shape in [s for s in cands if s.batch_size == batch]:
-            spent = clock() - t0
-            if rates and cost_per_size is not None and spent + cost_per_size * size(shape) * batch > limit:
+            if rates and clock() - t0 + _probe_cost(shape, rates, seq_len) > limit:
                 break
-            start = clock()
             rates[shape] = measure(shape)
-            cost_per_size = (clock() - start) / (size(shape) * batch)
             if not qualifies(planned_steps(rates[shape], shape, seq_len, budget_s, max_steps), shape):
                 break
     return rates, clock() - t0
+
+
+def _probe_cost(shape: Shape, rates: Mapping[Shape, float], seq_len: int) -> float:
+    """Seconds a probe of `shape` should take, from the speed of the last shape measured (time per character
+    grows with the recurrent weights). Predicted from the timed steps, not from how long the last probe
+    took: the first probe of a process also pays one-time start-up (kernel selection, allocation)."""
+    last, rate = list(rates.items())[-1]
+    rate_here = rate * size(last) / size(shape)  # chars/s
+    return (1 + PROBE_TIMED_STEPS) * shape.batch_size * seq_len / rate_here

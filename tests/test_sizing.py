@@ -110,15 +110,23 @@ def test_probe_stops_at_the_first_shape_that_cannot_make_its_steps():
     assert sizing.choose(got, 128, 300.0, None) == sizing.choose(rates, 128, 300.0, None)
 
 
-def test_probe_keeps_to_its_share_of_the_budget():
+def test_probe_keeps_to_its_share_of_the_budget_whatever_the_first_probe_cost():
+    """A machine so fast that every shape qualifies, so only the time limit stops the probe; the first probe
+    also pays 1 s of one-time start-up, which must not make the probe give up on the larger shapes."""
     clock = FakeClock()
+    first = [True]
 
     def measure(shape):
-        clock.now += 1e-5 * sizing.size(shape) * shape.batch_size / 16  # 2x256 b16 costs 1.3 s
-        return 10**9  # everything qualifies, so only the time limit stops it
+        rate = 2e6 * 2 * 128 * 128 / sizing.size(shape)  # chars/s
+        clock.now += (1 + sizing.PROBE_TIMED_STEPS) * shape.batch_size * 128 / rate + (1.0 if first[0] else 0.0)
+        first[0] = False
+        return rate
 
-    got, seconds = sizing.probe(sizing.candidates("cpu", {}), measure, 128, 60.0, None, clock=clock)
-    assert len(got) >= 1 and seconds <= max(sizing.PROBE_BUDGET_FRAC * 60.0, 1e-5 * 2 * 128 * 128 + 1e-9)
+    budget = 300.0
+    got, seconds = sizing.probe(sizing.candidates("cpu", {}), measure, 128, budget, None, clock=clock)
+    limit = min(sizing.PROBE_MAX_SECONDS, sizing.PROBE_BUDGET_FRAC * budget)
+    assert seconds <= limit
+    assert len(got) >= 4  # it went on past the expensive first probe
 
 
 def test_probe_rate_leaves_out_the_warm_up_step():
