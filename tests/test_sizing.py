@@ -112,19 +112,19 @@ def test_probe_stops_at_the_first_shape_that_cannot_make_its_steps():
 
 def test_probe_keeps_to_its_share_of_the_budget_whatever_the_first_probe_cost():
     """A machine so fast that every shape qualifies, so only the time limit stops the probe; the first probe
-    also pays 1 s of one-time start-up, which must not make the probe give up on the larger shapes."""
+    also pays 1.5 s of one-time start-up, which must not make the probe give up on the larger shapes (it
+    did, when the cost of the next probe was scaled from the wall time of the last one)."""
     clock = FakeClock()
     first = [True]
 
     def measure(shape):
         rate = 2e6 * 2 * 128 * 128 / sizing.size(shape)  # chars/s
-        clock.now += (1 + sizing.PROBE_TIMED_STEPS) * shape.batch_size * 128 / rate + (1.0 if first[0] else 0.0)
+        clock.now += (1 + sizing.PROBE_TIMED_STEPS) * shape.batch_size * 128 / rate + (1.5 if first[0] else 0.0)
         first[0] = False
         return rate
 
-    budget = 300.0
-    got, seconds = sizing.probe(sizing.candidates("cpu", {}), measure, 128, budget, None, clock=clock)
-    limit = min(sizing.PROBE_MAX_SECONDS, sizing.PROBE_BUDGET_FRAC * budget)
+    limit = 4.5  # what plan() gives each of two cells in a 5-minute budget
+    got, seconds = sizing.probe(sizing.candidates("cpu", {}), measure, 128, 300.0, None, limit=limit, clock=clock)
     assert seconds <= limit
     assert len(got) >= 4  # it went on past the expensive first probe
 
