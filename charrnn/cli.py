@@ -187,6 +187,15 @@ def train(
     eval_every: Annotated[
         Optional[int], typer.Option(help=f"Validate and save every N steps. (default: {TrainConfig.eval_every})")
     ] = None,
+    sample_every: Annotated[
+        Optional[int],
+        typer.Option(
+            help="Print and keep (samples.txt) a short sample at every Nth validation; 0: never. (default: 1)"
+        ),
+    ] = None,
+    sample_length: Annotated[
+        Optional[int], typer.Option(help=f"Characters in each of those samples. (default: {TrainConfig.sample_length})")
+    ] = None,
     out: Annotated[
         Optional[Path], typer.Option(help="Run folder. (default: checkpoints/<corpus name>, numbered if taken)")
     ] = None,
@@ -227,6 +236,8 @@ def train(
         minutes=minutes,
         val_frac=val_frac,
         val_chars=val_chars,
+        sample_every=sample_every,
+        sample_length=sample_length,
         eval_every=eval_every,
         device=device,
         precision=precision,
@@ -505,6 +516,9 @@ class TrainDisplay:
         if event.kind in ("notice", "info"):
             style = "yellow" if event.kind == "notice" else "dim"
             self.progress.console.print(f"[{style}]{escape(event.message)}[/]")
+            return
+        if event.kind == "sample":
+            self.progress.console.print(f"[dim cyan]{escape(event.message)}[/]", highlight=False)
             return
         if event.kind == "eval" and event.val is not None:
             self.val = f"val {event.val.nats_per_char:.3f} ({event.val.bits_per_char:.3f} bpc)"

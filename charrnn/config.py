@@ -86,6 +86,8 @@ class TrainConfig:
     val_frac: float = 0.1  # Last 10% is validation, the split nanoGPT's shakespeare_char uses.
     val_chars: int | None = None  # Validate on only the first N characters of the split; None: all of it.
     eval_every: int = 500  # Steps between validations: about a minute on a 2-core CPU, ~3% of the time.
+    sample_every: int = 1  # A short sample at every Nth validation (0: never), to watch the model learn.
+    sample_length: int = 200  # Characters in each of those samples: a few lines, a few milliseconds.
     seed: int = 1337  # Fixed so two runs with the same flags are the same run.
     device: str = "auto"  # cuda, then mps, then cpu.
     precision: str = "auto"  # bf16 autocast where the hardware has it, fp32 elsewhere.
@@ -105,6 +107,14 @@ class TrainConfig:
         _check(self.minutes is None or self.minutes > 0, f"--minutes must be > 0, got {self.minutes}")
         _check(0.0 <= self.val_frac < 0.5, f"--val-frac must be in [0, 0.5), got {self.val_frac}")
         _positive_int(self.eval_every, "--eval-every")
+        _check(
+            isinstance(self.sample_every, int) and self.sample_every >= 0,
+            f"--sample-every must be a whole number >= 0, got {self.sample_every}",
+        )
+        _check(
+            isinstance(self.sample_length, int) and self.sample_length >= 1,
+            f"--sample-length must be a whole number >= 1, got {self.sample_length}",
+        )
         _check(
             self.val_chars is None or (isinstance(self.val_chars, int) and self.val_chars >= 2),
             f"--val-chars must be a whole number >= 2, got {self.val_chars}",

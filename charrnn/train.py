@@ -24,13 +24,23 @@ import torch
 import torch.nn.functional as F
 
 from charrnn import checkpoint, data, sizing
-from charrnn.config import ModelConfig, TrainConfig, auto_cutoffs, auto_dropout, auto_lr, from_dict, to_dict
+from charrnn.config import (
+    ModelConfig,
+    SampleConfig,
+    TrainConfig,
+    auto_cutoffs,
+    auto_dropout,
+    auto_lr,
+    from_dict,
+    to_dict,
+)
 from charrnn.devices import autocast, pick_device, pick_dtype
 from charrnn.distributed import Dist
 from charrnn.errors import CharRNNError
 from charrnn.evaluate import EvalResult, evaluate
 from charrnn.model import CharRNN, State, detach_state
 from charrnn.runs import RunLock, ensure_writable, pick_run_dir
+from charrnn.sample import generate
 
 DEFAULT_CORPUS = Path("corpora") / "shakespeare.txt"
 PACKAGED_CORPUS = Path(__file__).parent / "corpora" / "shakespeare.txt"
@@ -458,7 +468,7 @@ class Trainer:
         if self.dist.is_main:
             ensure_writable(self.run_dir)
         with RunLock(self.run_dir) if self.dist.is_main else contextlib.nullcontext(), StopSignals() as signals:
-            self._signals, self._saved_at = signals, -1
+            self._signals, self._saved_at, self._evals = signals, -1, 0
             self.dist.barrier()
             self._t0 = time.perf_counter()
             for note in self._notes:
@@ -546,6 +556,21 @@ class Trainer:
         self._log_metrics(val, lr, rate)
         self._good = self._snapshot()
         self._event("eval", lr, rate, val=val)
+        self._evals += 1
+        if self.dist.is_main and self.cfg.sample_every and self._evals % self.cfg.sample_every == 0:
+            self._sample(val, lr, rate)
+
+    def _sample(self, val: EvalResult | None, lr: float, rate: float) -> None:
+        """A short sample, to see the model learn: always from a newline at temperature 0.8 with the same
+        seed, so successive samples differ only by what the model learned. It draws from its own numpy
+        generator and runs the model in eval mode (no dropout), so the training random streams, and so
+        the weights, are exactly what they would be without it (tested)."""
+        cfg = SampleConfig(temp=0.8, length=self.cfg.sample_length, prime="\n", seed=self.cfg.seed)
+        text = "".join(chars[0] for chars in generate(self.model, self.corpus.vocab, cfg))
+        head = f"=== step {self.step}" + (f"  val {val.nats_per_char:.4f} nats/char" if val else "") + " ==="
+        with open(self.run_dir / "samples.txt", "a", encoding="utf-8") as f:
+            f.write(f"{head}\n{text}\n\n")
+        self._event("sample", lr, rate, val=val, message=text)
 
     def _event(self, kind: str, lr: float, rate: float, val: EvalResult | None = None, message: str = "") -> bool:
         """Tell the caller; a true answer to a "step" event asks for a validation and save right now."""

@@ -274,3 +274,33 @@ def test_val_chars_caps_the_validation_to_the_start_of_the_split(corpus, tmp_pat
     assert capped.last_val.chars == 299 < full.last_val.chars  # every character after the first is scored
     with pytest.raises(CharRNNError, match="--val-chars must be"):
         train_mod.train(corpus, MODEL, {**TRAIN, "steps": 5, "val_chars": 1}, out=tmp_path / "bad")
+
+
+def test_samples_while_training_are_kept_and_leave_the_weights_bit_for_bit_unchanged(corpus, tmp_path):
+    flags = {**TRAIN, "steps": 30, "eval_every": 10}
+    samples = []
+    train_mod.train(
+        corpus,
+        MODEL,
+        {**flags, "sample_every": 1, "sample_length": 60},
+        out=tmp_path / "with",
+        report=lambda e: e.kind == "sample" and samples.append((e.step, e.message)),
+    )
+    train_mod.train(corpus, MODEL, {**flags, "sample_every": 0}, out=tmp_path / "without")
+    a, b = weights(tmp_path / "with"), weights(tmp_path / "without")
+    assert all(torch.equal(a[k], b[k]) for k in a)  # sampling touched no training random stream
+    assert [s for s, _ in samples] == [10, 20, 30] and all(len(text) == 60 for _, text in samples)
+    kept = (tmp_path / "with" / "samples.txt").read_text(encoding="utf-8")
+    rows = [json.loads(r) for r in (tmp_path / "with" / "metrics.jsonl").read_text().splitlines()]
+    for (step, text), row in zip(samples, rows):
+        assert f"=== step {step}  val {row['val_loss']:.4f} nats/char ===\n{text}\n" in kept
+    assert not (tmp_path / "without" / "samples.txt").exists()
+    every_other = []
+    train_mod.train(
+        corpus,
+        MODEL,
+        {**flags, "sample_every": 2},
+        out=tmp_path / "sparse",
+        report=lambda e: e.kind == "sample" and every_other.append(e.step),
+    )
+    assert every_other == [20]
