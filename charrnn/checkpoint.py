@@ -157,6 +157,17 @@ def _corpus_where(recorded: str) -> str:
     return recorded if Path(recorded).is_file() else Path(recorded).name
 
 
+def _lineage(init: dict[str, Any]) -> str:
+    best = init.get("best_val")
+    where = (
+        "the bundled model" if Path(init.get("checkpoint", "")).resolve() == BUNDLED.resolve() else init["checkpoint"]
+    )
+    return (
+        f"{where} (step {init.get('step', 0):,} on {init.get('corpus', '?')}"
+        f"{f', val {best:.4f} nats/char' if best is not None else ''})"
+    )
+
+
 def describe(path: Path) -> dict[str, Any]:
     """What `charrnn info` shows: enough to know which model this is and how far it trained."""
     ckpt = load(path)
@@ -180,5 +191,6 @@ def describe(path: Path) -> dict[str, Any]:
         "training time": f"{ckpt.get('elapsed', 0.0):,.1f} s",
         "best val loss": "n/a" if best is None else f"{best:.4f} nats/char ({best / math.log(2):.4f} bpc)",
         "corpus": f"{_corpus_where(corpus.get('path', '?'))} ({corpus.get('size', 0):,} bytes)",
+        **({"started from": _lineage(ckpt["init"])} if ckpt.get("init") else {}),
         "bundled": "yes (the model shipped with charrnn)" if Path(path).resolve() == BUNDLED.resolve() else "no",
     }

@@ -199,6 +199,13 @@ def train(
     out: Annotated[
         Optional[Path], typer.Option(help="Run folder. (default: checkpoints/<corpus name>, numbered if taken)")
     ] = None,
+    init: Annotated[
+        Optional[str],
+        typer.Option(
+            help="Start from this trained model (a .pt file, a run folder, or 'bundled'): fine-tune it on the "
+            "corpus; its shape is kept and the new text's characters are added to its vocabulary."
+        ),
+    ] = None,
     resume: Annotated[
         bool,
         typer.Option("--resume", help="Continue the run in --out (or checkpoints/<corpus name>) from its last.pt."),
@@ -245,7 +252,7 @@ def train(
     )
     with _QuietAfterStop() as quiet:
         with TrainDisplay(err) as display:
-            result = run_training(corpus, model_flags, train_flags, out, resume, display.update)
+            result = run_training(corpus, model_flags, train_flags, out, resume, display.update, init)
             quiet.arm(result.signal)
         _report_run(display, result)
     # A clean, saved stop exits 128 + the signal, as a shell expects; under torchrun every rank exits 0 instead,

@@ -288,8 +288,17 @@ class Streams:
     of the same global layout, so the union of all ranks is exactly the single-process batch.
     """
 
-    def __init__(self, ids: np.ndarray, batch_size: int, seq_len: int, rank: int = 0, world: int = 1) -> None:
+    def __init__(
+        self,
+        ids: np.ndarray,
+        batch_size: int,
+        seq_len: int,
+        rank: int = 0,
+        world: int = 1,
+        id_map: np.ndarray | None = None,
+    ) -> None:
         self.ids, self.batch_size, self.seq_len = ids, batch_size, seq_len
+        self.id_map = id_map  # (V_corpus,) corpus id -> model id, when the model knows more characters
         self.stream_len = (len(ids) - 1) // batch_size  # L
         self.windows = self.stream_len // seq_len  # windows per epoch
         if self.windows < 1:
@@ -308,6 +317,8 @@ class Streams:
         """Inputs and targets of training step `step` (0-based): two (B_rank, T) int64 arrays."""
         k = step % self.windows
         chunk = self.ids[self._offsets + k * self.seq_len].astype(np.int64)  # (B_rank, T+1), reads only these pages
+        if self.id_map is not None:
+            chunk = self.id_map[chunk]  # (B_rank, T+1) in the model's ids
         return chunk[:, :-1], chunk[:, 1:]
 
     def starts_epoch(self, step: int) -> bool:

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from charrnn import checkpoint, data, sizing
+from charrnn import checkpoint, data, finetune, sizing
 from charrnn.config import (
     ModelConfig,
     SampleConfig,
@@ -41,6 +41,7 @@ from charrnn.evaluate import EvalResult, evaluate
 from charrnn.model import CharRNN, State, detach_state
 from charrnn.runs import RunLock, ensure_writable, pick_run_dir
 from charrnn.sample import generate
+from charrnn.vocab import Vocab
 
 DEFAULT_CORPUS = Path("corpora") / "shakespeare.txt"
 PACKAGED_CORPUS = Path(__file__).parent / "corpora" / "shakespeare.txt"
@@ -177,9 +178,26 @@ def _check_same_corpus(saved: dict[str, Any], now: data.CorpusInfo, path: Path, 
             f"{saved.get('size', 0):,} bytes): resume with that file, or start a new run on this one (a new --out)"
         )
     raise CharRNNError(
-        f"{path} has changed since the run in {run_dir} trained on it ({change}): resume with "
-        "the original text, or start a new run on the new text (a new --out)"
+        f"{path} has changed since the run in {run_dir} trained on it ({change}): resume with the original "
+        f"text, or start a new run from these weights: charrnn train {path} --init {run_dir} --out NEW_FOLDER"
     )
+
+
+FINETUNE_WARMUP = 10  # steps: the weights are trained already, a long warmup only wastes a short budget
+SHAPE_KEYS = ("model", "layers", "hidden", "embed", "tie_weights", "cutoffs")
+
+
+def _from_base(base: ModelConfig, flags: dict[str, Any]) -> dict[str, Any]:
+    """Model flags for a run that starts from `base`: its shape, which a flag may repeat but not change;
+    regularisation (dropout, locked dropout, weight drop) stays the new run's own, automatic or given."""
+    for key in SHAPE_KEYS:
+        if key in flags and flags[key] != getattr(base, key):
+            flag = "--" + key.replace("_", "-")
+            raise CharRNNError(
+                f"{flag} {flags[key]} contradicts the model given to --init ({flag} {getattr(base, key)}): "
+                "its shape comes from that checkpoint; drop the flag, or train from scratch without --init"
+            )
+    return {**flags, **{key: getattr(base, key) for key in SHAPE_KEYS}}
 
 
 class Trainer:
@@ -194,6 +212,7 @@ class Trainer:
         resume: bool,
         report: Callable[[TrainEvent], None] | None,
         dist: Dist | None = None,
+        init: str | os.PathLike | None = None,
     ) -> None:
         self.dist = dist or Dist()  # the process group, joined by train() (one process when not given)
         self.report = report if (report and self.dist.is_main) else (lambda event: None)
@@ -214,19 +233,32 @@ class Trainer:
             TrainConfig, self.saved and self.saved["train_config"], train_flags, FIXED_ON_RESUME, what="run"
         )
         self.corpus = data.read_corpus(corpus_path)
-        vocab = self.corpus.vocab
-        if self.saved is not None and self.saved["vocab"] != vocab.chars:
-            raise CharRNNError(
-                f"{corpus_path} has a different character set from the run in {self.run_dir}: "
-                "resume with the corpus it was trained on"
-            )
+        if init is not None and resume:
+            raise CharRNNError("--init starts a new run and --resume continues one: give one of them")
+        self.init, base = self._base_model(init) if init is not None else (None, None)
         if self.saved is not None:
+            self.init = self.saved.get("init")
+            self.vocab = Vocab(self.saved["vocab"])  # a fine-tuned run's vocabulary is larger than its corpus's
+            if not set(self.corpus.vocab.chars) <= set(self.vocab.chars):
+                raise CharRNNError(
+                    f"{corpus_path} has a different character set from the run in {self.run_dir}: "
+                    "resume with the corpus it was trained on"
+                )
             _check_same_corpus(self.saved.get("corpus") or {}, self.corpus.info, corpus_path, self.run_dir)
-        model_flags = {**model_flags, "vocab_size": len(vocab)}
+        elif base is not None:
+            self.vocab = finetune.merged_vocab(base[1], self.corpus.vocab.chars)
+            model_flags = _from_base(base[0].cfg, model_flags)
+            self.cfg = replace(self.cfg, warmup_steps=min(self.cfg.warmup_steps, FINETUNE_WARMUP))
+        else:
+            self.vocab = self.corpus.vocab
+        id_map = finetune.id_map(self.corpus.vocab, self.vocab)
+        model_flags = {**model_flags, "vocab_size": len(self.vocab)}
         if self.saved is None:  # a large vocabulary gets an adaptive softmax (a resumed run keeps its head)
-            model_flags.setdefault("cutoffs", auto_cutoffs(len(vocab)))
+            model_flags.setdefault("cutoffs", auto_cutoffs(len(self.vocab)))
         train_ids, self.val_ids = data.split(self.corpus.ids, self.cfg.val_frac)
         self.val_ids = self.val_ids[: self.cfg.val_chars]  # --val-chars: a cheaper validation on a huge split
+        if id_map is not None:
+            self.val_ids = id_map[self.val_ids]  # (N_val,) in the model's ids
         if self.cfg.val_frac > 0 and len(self.val_ids) < 2:
             raise CharRNNError(
                 f"the validation split has {len(self.val_ids)} characters: raise --val-frac, "
@@ -248,12 +280,18 @@ class Trainer:
         self.model_cfg: ModelConfig = _merge(
             ModelConfig, self.saved and self.saved["model_config"], model_flags, None, what="checkpoint"
         )
-        self.streams = data.Streams(train_ids, self.cfg.batch_size, self.cfg.seq_len, self.dist.rank, self.dist.world)
+        self.streams = data.Streams(
+            train_ids, self.cfg.batch_size, self.cfg.seq_len, self.dist.rank, self.dist.world, id_map
+        )
 
         torch.manual_seed(self.cfg.seed)
         self.model = CharRNN(self.model_cfg).to(self.device)
-        if self.model.adaptive and self.saved is None:
-            self.model.set_frequency_order(torch.from_numpy(np.bincount(train_ids, minlength=len(vocab))))
+        if base is not None:
+            grown = finetune.extend(base[0], base[1], self.vocab)
+            self.model.load_state_dict(grown.state_dict())
+        elif self.model.adaptive and self.saved is None:
+            counts = np.bincount(train_ids if id_map is None else id_map[train_ids], minlength=len(self.vocab))
+            self.model.set_frequency_order(torch.from_numpy(counts))
         if self.model_cfg.dropout is None:
             if plan.choice is None and self.cfg.budget_seconds is not None:  # resuming an old run: measure it
                 plan = self._plan(to_dict(self.model_cfg), {"batch_size": self.cfg.batch_size}, train_ids)
@@ -276,7 +314,7 @@ class Trainer:
         payload = {
             "model": self.model.state_dict(),
             "model_config": to_dict(self.model_cfg),
-            "vocab": self.corpus.vocab.chars,
+            "vocab": self.vocab.chars,
             "train_config": to_dict(self.cfg),
             "corpus": asdict(self.corpus.info),
             "step": self.step,
@@ -285,6 +323,7 @@ class Trainer:
             "last_val": None if self.last_val is None else asdict(self.last_val),
             "precision": str(self.dtype).removeprefix("torch."),
             "sizing": self.sizing,
+            "init": self.init,  # the model this run started from (--init), or None
         }
         if resumable:  # what --resume needs; best.pt leaves it out to stay small and shareable
             payload["resume"] = {
@@ -329,6 +368,20 @@ class Trainer:
     def progress(self, elapsed: float) -> float:
         budget, steps = self.cfg.budget_seconds, self.cfg.steps
         return max(self.step / steps if steps else 0.0, elapsed / budget if budget else 0.0)
+
+    def _base_model(self, spec: str | os.PathLike) -> tuple[dict[str, Any], tuple[CharRNN, Vocab]]:
+        """The model --init names (a checkpoint, a run folder, or `bundled`), and the lineage to record."""
+        path = checkpoint.resolve(Path(spec)) if str(spec) != "bundled" else checkpoint.BUNDLED
+        ckpt = checkpoint.load(path)
+        model, vocab = checkpoint.build_model(ckpt, path)
+        corpus = ckpt.get("corpus") or {}
+        lineage = {
+            "checkpoint": str(path),
+            "step": ckpt.get("step", 0),
+            "corpus": Path(corpus.get("path", "?")).name,
+            "best_val": ckpt.get("best_val"),
+        }
+        return lineage, (model, vocab)
 
     def _plan(self, model_flags: dict[str, Any], train_flags: dict[str, Any], train_ids: np.ndarray) -> sizing.Plan:
         """What sizing chooses for this run (see sizing.plan); its line is shown and saved in checkpoints."""
@@ -566,7 +619,7 @@ class Trainer:
         generator and runs the model in eval mode (no dropout), so the training random streams, and so
         the weights, are exactly what they would be without it (tested)."""
         cfg = SampleConfig(temp=0.8, length=self.cfg.sample_length, prime="\n", seed=self.cfg.seed)
-        text = "".join(chars[0] for chars in generate(self.model, self.corpus.vocab, cfg))
+        text = "".join(chars[0] for chars in generate(self.model, self.vocab, cfg))
         head = f"=== step {self.step}" + (f"  val {val.nats_per_char:.4f} nats/char" if val else "") + " ==="
         with open(self.run_dir / "samples.txt", "a", encoding="utf-8") as f:
             f.write(f"{head}\n{text}\n\n")
@@ -599,9 +652,10 @@ def train(
     out: str | os.PathLike | None = None,
     resume: bool = False,
     report: Callable[[TrainEvent], None] | None = None,
+    init: str | os.PathLike | None = None,
 ) -> TrainResult:
     """Train (or resume) a run. Flags are only the values the user gave; the config dataclasses and, when
-    resuming, the checkpoint supply the rest."""
+    resuming, the checkpoint supply the rest. `init`: start from that trained model (fine-tuning)."""
     dist = Dist.from_env((train_flags or {}).get("device", "auto"))
     trainer = None
     try:  # the process group is left cleanly even when building the trainer fails
@@ -613,6 +667,7 @@ def train(
             resume,
             report,
             dist,
+            init,
         )
         return trainer.run()
     finally:

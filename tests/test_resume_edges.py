@@ -89,7 +89,9 @@ def test_resume_refuses_a_changed_corpus(corpus, tmp_path, change):
         i = text.index("the")
         corpus.write_text(text[:i] + "hte" + text[i + 3 :], encoding="utf-8")
         what = "same size, different content"
-    with pytest.raises(CharRNNError, match=f"play.txt has changed since the run .*{what}.*new --out"):
+    with pytest.raises(
+        CharRNNError, match=f"play.txt has changed since the run .*{what}.*--init .*run --out NEW_FOLDER"
+    ):
         train_mod.train(corpus, {}, {"steps": 10}, out=tmp_path / "run", resume=True)
 
 
