@@ -214,6 +214,8 @@ class Trainer:
         dist: Dist | None = None,
         init: str | os.PathLike | None = None,
     ) -> None:
+        if init is not None and resume:
+            raise CharRNNError("--init starts a new run and --resume continues one: give one of them")
         self.dist = dist or Dist()  # the process group, joined by train() (one process when not given)
         self.report = report if (report and self.dist.is_main) else (lambda event: None)
         self.resumed = resume
@@ -233,8 +235,6 @@ class Trainer:
             TrainConfig, self.saved and self.saved["train_config"], train_flags, FIXED_ON_RESUME, what="run"
         )
         self.corpus = data.read_corpus(corpus_path)
-        if init is not None and resume:
-            raise CharRNNError("--init starts a new run and --resume continues one: give one of them")
         self.init, base = self._base_model(init) if init is not None else (None, None)
         if self.saved is not None:
             self.init = self.saved.get("init")
