@@ -142,6 +142,10 @@ def _validation_split(ckpt: dict, path, vocab, scratch, warn) -> tuple[np.ndarra
     if not corpus:
         raise CharRNNError(f"{path} records no training corpus: give a FILE to score")
     where = Path(corpus["path"])
+    here = Path(__file__).parent
+    for shipped in (here / "corpora" / where.name, here.parent / "corpora" / where.name):  # wheel, source tree
+        if not where.is_file() and shipped.is_file() and shipped.stat().st_size == corpus.get("size"):
+            where = shipped  # the bundled model records its corpus by name: it ships with the package
     if not where.is_file():
         raise CharRNNError(
             f"the run's corpus {where} is not there any more (moved or deleted): "

@@ -53,3 +53,16 @@ def test_restores_training_mode(model):
     model.train()
     evaluate(model, np.arange(50) % 9)
     assert model.training
+
+
+def test_eval_of_the_bundled_model_finds_its_shipped_corpus(run_cli, tmp_path):
+    """The bundled model records its corpus by name only; eval without FILE still finds the shipped copy."""
+    import json
+
+    from charrnn import checkpoint
+
+    code, out, err = run_cli("eval", "-c", checkpoint.BUNDLED, "--json")
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["text"].startswith("validation split of ") and report["text"].endswith("shakespeare.txt (last 10%)")
+    assert report["nats_per_char"] == pytest.approx(checkpoint.load(checkpoint.BUNDLED)["best_val"], abs=1e-4)
