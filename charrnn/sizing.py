@@ -53,7 +53,6 @@ class Choice:
     shape: Shape
     steps: float  # optimizer steps the run is planned to make
     rate: float | None  # training chars/s the probe measured for this shape; None under --steps alone
-    note: str  # the one line that tells the user what was chosen and why
 
 
 def candidates(device_type: str, fixed: Mapping[str, int]) -> list[Shape]:
@@ -104,7 +103,7 @@ def choose(rates: Mapping[Shape, float], seq_len: int, budget_s: float | None, m
         best = max(ok, key=lambda s: (size(s), effective_steps(plan[s], s)))
     else:
         best = max(plan, key=lambda s: (effective_steps(plan[s], s), -size(s)))
-    return Choice(best, plan[best], rates[best], "")
+    return Choice(best, plan[best], rates[best])
 
 
 def choose_for_steps(cands: Iterable[Shape], steps: int) -> Choice:
