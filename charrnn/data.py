@@ -18,6 +18,9 @@ from charrnn.errors import CharRNNError
 from charrnn.vocab import MAX_CODE_POINT, Vocab, code_points, smallest_id_dtype
 
 CHUNK_BYTES = 1 << 24  # 16 MiB: big enough for vectorised work, small enough that memory stays flat.
+# eval FILE holds a chunk as text, code points and int64 ids at once (~20 bytes a character): 4 MiB
+# chunks keep that under 100 MB whatever the file's size (benchmarks/README.md, eval memory).
+ENCODE_CHUNK_BYTES = 1 << 22
 BOM = b"\xef\xbb\xbf"
 CACHE_FORMAT = 1
 
@@ -253,7 +256,7 @@ def encode_to_file(path: str | os.PathLike, vocab: Vocab, out: Path) -> tuple[Id
     dtype = smallest_id_dtype(len(vocab))
     n = skipped = 0
     with open(out, "wb") as f:
-        for text in iter_text(p):
+        for text in iter_text(p, chunk_bytes=ENCODE_CHUNK_BYTES):
             cps = code_points(text)
             ids = vocab.encode_code_points(cps, unknown="skip")
             skipped += len(cps) - len(ids)
