@@ -171,7 +171,7 @@ def auto_lr(hidden: int) -> float:
 # Large vocabularies: above ADAPTIVE_MIN_VOCAB characters the output layer is an adaptive softmax (Grave et
 # al. 2017): the ADAPTIVE_CUTOFFS most frequent characters in a full head, the rarer ones in clusters with
 # smaller projections. On 5,172-character Chinese verse the top 500 cover 76% of the text and the top 2,000
-# 97%, and a 2x256 LSTM step ran 3x faster than with the full softmax (benchmarks/README.md).
+# 97%, and a 2x256 LSTM step ran 2.2x faster than with the full softmax (benchmarks/README.md).
 ADAPTIVE_MIN_VOCAB = 1000
 ADAPTIVE_CUTOFFS = (500, 2000)
 
