@@ -163,24 +163,25 @@ def read_corpus(path: str | os.PathLike, use_cache: bool = True, digest: str | N
     root = cache_root()
     counts = None
     if digest is None and not (use_cache and any(root.glob(f"*-{size}"))):
-        digest, counts = _hash_and_count(p)  # nothing cached has this size: surely new, so one read does both
+        h = hashlib.sha256()  # nothing cached has this size: surely new, so one read hashes and counts
+        counts = _count(p, on_bytes=h.update)
+        digest = h.hexdigest()
     digest = digest or file_digest(p)
     folder = root / f"{digest[:24]}-{size}"
     if use_cache and (cached := _load_cache(folder)) is not None:
         ids, vocab, chars = cached
     else:
-        counts = _hash_and_count(p)[1] if counts is None else counts
+        counts = _count(p) if counts is None else counts
         ids, vocab, chars = _encode_file(p, counts, folder if use_cache else None)
     return Corpus(ids, vocab, CorpusInfo(str(p.resolve()), size, digest, chars))
 
 
-def _hash_and_count(path: Path) -> tuple[str, np.ndarray]:
-    """SHA-256 of the file and the histogram of its code points, (0x110000,), from one read."""
-    h = hashlib.sha256()
+def _count(path: Path, on_bytes: Callable[[bytes], None] | None = None) -> np.ndarray:
+    """The histogram of the file's code points, (0x110000,); `on_bytes` sees the raw bytes of the same read."""
     counts = np.zeros(MAX_CODE_POINT + 1, dtype=np.int64)  # (0x110000,)
-    for text in iter_text(path, on_bytes=h.update):
+    for text in iter_text(path, on_bytes=on_bytes):
         counts += np.bincount(code_points(text), minlength=MAX_CODE_POINT + 1)
-    return h.hexdigest(), counts
+    return counts
 
 
 def _encode_file(path: Path, counts: np.ndarray, folder: Path | None) -> tuple[np.ndarray, Vocab, int]:

@@ -73,7 +73,7 @@ class _TorchStepper:
 
     def step(self, ids: np.ndarray) -> np.ndarray:
         x = torch.as_tensor(ids, device=self.device).view(-1, 1)  # (N, 1)
-        out, self.state = _eval_forward(self.model, x, self.state)  # (N, 1, V)
+        out, self.state = eval_forward(self.model, x, self.state)  # (N, 1, V)
         return out[:, -1].float().cpu().numpy()  # (N, V)
 
 
@@ -90,13 +90,13 @@ def warm(model: CharRNN, ids: np.ndarray, num: int) -> tuple[np.ndarray, State]:
     """Run the prime through the model's own forward in one call and copy the result into ``num`` rows:
     every sample starts from the same state and diverges only through its own draws."""
     x = torch.as_tensor(ids, dtype=torch.long, device=_device(model)).view(1, -1)  # (1, T)
-    out, state = _eval_forward(model, x, None)  # (1, T, V)
+    out, state = eval_forward(model, x, None)  # (1, T, V)
     last = out[0, -1].float().cpu().numpy()  # (V,)
     logits = np.repeat(last[None, :], num, axis=0)  # (N, V)
     return logits, tuple(s.expand(-1, num, -1).contiguous() for s in state)  # (L, N, H) each
 
 
-def _eval_forward(model: CharRNN, x: torch.Tensor, state: State | None) -> tuple[torch.Tensor, State]:
+def eval_forward(model: CharRNN, x: torch.Tensor, state: State | None) -> tuple[torch.Tensor, State]:
     """One forward with dropout off and no graph, restoring the caller's mode at once.
 
     Neither ``no_grad`` nor ``eval`` may stay in force across a ``yield``: grad mode is thread-local, so it

@@ -15,7 +15,7 @@ from charrnn.config import SampleConfig
 from charrnn.errors import CharRNNError
 from charrnn.evaluate import evaluate
 from charrnn.model import CharRNN
-from charrnn.sample import _eval_forward, generate, prime_ids, warm
+from charrnn.sample import eval_forward, generate, prime_ids, warm
 from charrnn.vocab import Vocab
 
 
@@ -128,7 +128,7 @@ def beam_search(
         pick = torch.as_tensor(parents[rows], device=device)
         state = tuple(s.index_select(1, pick) for s in state)  # (L, B', H) each
         x = torch.as_tensor(chars[rows], device=device).view(-1, 1)  # (B', 1)
-        out, state = _eval_forward(model, x, state)  # (B', 1, V)
+        out, state = eval_forward(model, x, state)  # (B', 1, V)
         logits = out[:, -1].double().cpu().numpy()  # (B', V)
     else:
         finished += [(t, float(s), len(t)) for t, s in zip(texts, scores)]
