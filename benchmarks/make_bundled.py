@@ -14,8 +14,8 @@ from pathlib import Path
 from quality import parse_flags
 
 from charrnn import checkpoint
+from charrnn.loop import train
 from charrnn.model import count_parameters
-from charrnn.train import train
 
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS = ROOT / "corpora" / "shakespeare.txt"

@@ -22,7 +22,7 @@ import torch
 
 from charrnn import checkpoint, data
 from charrnn.evaluate import evaluate
-from charrnn.train import train
+from charrnn.loop import train
 
 
 def parse_flags(extra: list[str]) -> tuple[dict, dict]:
@@ -66,10 +66,9 @@ def main() -> None:
     train_flags = {"minutes": args.minutes, "val_frac": 0.1, **train_flags}
     milestones = sorted(m for m in map(float, args.milestones.split(",")) if m < args.minutes)
     out = args.out or Path(tempfile.mkdtemp(prefix="charrnn-quality-")) / "run"
-    pending = list(milestones)
     seen: list[dict] = []
 
-    def report(event) -> bool:
+    def report(event) -> None:
         if event.kind in ("notice", "info"):
             print(f"  {event.elapsed / 60:6.2f} min  step {event.step:6d}  {event.message}", flush=True)
         if event.kind == "eval" and event.val is not None:
@@ -86,14 +85,11 @@ def main() -> None:
                 f"({row['val_bpc']:.4f} bpc)  {row['chars_per_s']:,} chars/s",
                 flush=True,
             )
-        if event.kind == "step" and pending and event.elapsed >= pending[0] * 60:
-            while pending and event.elapsed >= pending[0] * 60:
-                pending.pop(0)
-            return True
-        return False
 
     print(f"charrnn quality: {args.corpus} budget {args.minutes:g} min, flags {model_flags} {train_flags}", flush=True)
-    result = train(args.corpus, model_flags, train_flags, out=out, report=report)
+    result = train(
+        args.corpus, model_flags, train_flags, out=out, report=report, eval_at_seconds=[m * 60 for m in milestones]
+    )
     ckpt = checkpoint.load(out / "best.pt")
     model, vocab = checkpoint.build_model(ckpt)
     _, val_ids = data.split(data.read_corpus(args.corpus).ids, 0.1)

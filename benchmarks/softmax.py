@@ -17,7 +17,7 @@ from torch import nn
 from charrnn import data
 from charrnn.config import ModelConfig
 from charrnn.model import CharRNN, detach_state
-from charrnn.train import loss_fn
+from charrnn.state import loss_fn
 
 B, T, H = 16, 128, 256
 

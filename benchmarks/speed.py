@@ -25,9 +25,9 @@ import torch
 from charrnn import checkpoint
 from charrnn.config import ModelConfig, SampleConfig, to_dict
 from charrnn.devices import pick_dtype
+from charrnn.loop import Trainer
 from charrnn.model import CharRNN, count_parameters
 from charrnn.sample import generate, naive_generate
-from charrnn.train import Trainer
 from charrnn.vocab import Vocab
 
 VOCAB = Vocab("".join(sorted(set("\n !&',-.:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz3$"))))
@@ -89,19 +89,12 @@ def write_corpus(path: Path, n_bytes: int, seed: int = 0) -> None:
 
 def train_throughput(corpus: Path, cell: str, hidden: int, precision: str, repeats: int, tmp: Path) -> dict:
     flags = {"seq_len": 128, "batch_size": 64, "device": "cpu", "precision": precision, "steps": 10**9}
-    trainer = Trainer(
-        corpus,
-        {"model": cell, "hidden": hidden, "layers": 2},
-        flags,
-        tmp / f"run-{cell}{hidden}-{precision}",
-        False,
-        None,
+    trainer = Trainer.from_flags(
+        corpus, {"model": cell, "hidden": hidden, "layers": 2}, flags, tmp / f"run-{cell}{hidden}-{precision}"
     )
-    trainer._t0 = time.perf_counter()
 
     def step() -> None:
-        trainer._train_step(1e-3)
-        trainer.step += 1
+        trainer.train_step(1e-3)
 
     t = median_time(step, repeats, warmup=3)
     chars = 64 * 128 / t
@@ -110,7 +103,7 @@ def train_throughput(corpus: Path, cell: str, hidden: int, precision: str, repea
         "chars_per_s": round(chars),
         "tflops": round(6 * n_params * chars / 1e12, 3),
         "params": n_params,
-        "dtype": str(trainer.dtype).removeprefix("torch."),
+        "dtype": str(trainer.run.dtype).removeprefix("torch."),
     }
 
 
@@ -165,12 +158,12 @@ TRAIN_RSS = textwrap.dedent("""
     import json, sys, time
     import torch
     torch.set_num_threads(2)
-    from charrnn.train import Trainer
+    from charrnn.loop import Trainer
     t = time.perf_counter()
     flags = {"steps": 20, "eval_every": 10**6, "val_frac": 0.001, "batch_size": 16}
-    trainer = Trainer(sys.argv[1], {"hidden": 256, "layers": 2}, flags, sys.argv[2], False, None)
+    trainer = Trainer.from_flags(sys.argv[1], {"hidden": 256, "layers": 2}, flags, sys.argv[2])
     ready = time.perf_counter() - t
-    trainer.run()
+    trainer.fit()
     print(json.dumps({"start_seconds": ready, "peak_rss_mb": HWM}))
 """)
 

@@ -104,7 +104,14 @@ def _given(**flags: Any) -> dict[str, Any]:
 
 @app.command(cls=_Command)
 def train(
-    corpus: Annotated[Optional[Path], typer.Argument(help="UTF-8 text file. Default: corpora/shakespeare.txt.")] = None,
+    corpus: Annotated[
+        Optional[list[Path]],
+        typer.Argument(
+            help="UTF-8 text files, folders of them (read recursively, hidden files skipped) or quoted globs "
+            "such as 'notes/*.md'; each file is split for validation at its own end. "
+            "Default: corpora/shakespeare.txt."
+        ),
+    ] = None,
     model: Annotated[
         Optional[str],
         typer.Option(help="lstm, gru or rnn (tanh). (default: gru for short budgets, else lstm)"),
@@ -177,12 +184,18 @@ def train(
     val_frac: Annotated[
         Optional[float],
         typer.Option(
-            help=f"Fraction at the end of the corpus held out for validation. (default: {TrainConfig.val_frac})"
+            help=f"Fraction at the end of each file held out for validation. (default: {TrainConfig.val_frac})"
         ),
     ] = None,
     val_chars: Annotated[
         Optional[int],
         typer.Option(help="Validate on only the first N characters of the split, for huge corpora. (default: all)"),
+    ] = None,
+    separator: Annotated[
+        Optional[str],
+        typer.Option(
+            help="Text put between files of a corpus of several ('\\n' is a newline). (default: a blank line)"
+        ),
     ] = None,
     eval_every: Annotated[
         Optional[int], typer.Option(help=f"Validate and save every N steps. (default: {TrainConfig.eval_every})")
@@ -218,12 +231,13 @@ def train(
     seed: Annotated[Optional[int], typer.Option(help=f"Random seed. (default: {TrainConfig.seed})")] = None,
     threads: ThreadsOpt = None,
 ) -> int:
-    """Train a character-level model on a text file, saving best.pt and last.pt in the run folder."""
+    """Train a character-level model on text files, saving best.pt and last.pt in the run folder."""
+    from charrnn.api import train as run_training
     from charrnn.devices import set_threads
-    from charrnn.train import train as run_training
+    from charrnn.steer import unescape
 
     set_threads(threads)
-    model_flags = _given(
+    flags = dict(
         model=model,
         layers=layers,
         hidden=hidden,
@@ -232,8 +246,6 @@ def train(
         locked_dropout=locked_dropout,
         weight_drop=weight_drop,
         tie_weights=tie_weights,
-    )
-    train_flags = _given(
         seq_len=seq_len,
         batch_size=batch_size,
         lr=lr,
@@ -243,6 +255,7 @@ def train(
         minutes=minutes,
         val_frac=val_frac,
         val_chars=val_chars,
+        separator=None if separator is None else unescape(separator),
         sample_every=sample_every,
         sample_length=sample_length,
         eval_every=eval_every,
@@ -252,7 +265,7 @@ def train(
     )
     with _QuietAfterStop() as quiet:
         with TrainDisplay(err) as display:
-            result = run_training(corpus, model_flags, train_flags, out, resume, display.update, init)
+            result = run_training(corpus, out=out, resume=resume, init=init, report=display.update, **flags)
             quiet.arm(result.signal)
         _report_run(display, result)
     # A clean, saved stop exits 128 + the signal, as a shell expects; under torchrun every rank exits 0 instead,
@@ -324,9 +337,9 @@ def sample(
     """Generate text from a trained model, streaming it to stdout. `--prime -` reads the prime from stdin."""
     import secrets
 
-    from charrnn import checkpoint as ckpt_io
-    from charrnn.devices import pick_device, set_threads
-    from charrnn.steer import beam_search, nats_per_char, steered, unescape
+    from charrnn.api import load
+    from charrnn.devices import set_threads
+    from charrnn.steer import nats_per_char, unescape
 
     set_threads(threads)
     if output_format not in ("text", "jsonl"):
@@ -335,10 +348,8 @@ def sample(
     seed = secrets.randbelow(2**31) if seed is None else seed  # chosen here so that jsonl can report it
     cfg = SampleConfig(**_given(temp=temp, length=length, prime=prime, top_k=top_k, top_p=top_p, seed=seed, num=num))
     stops = [unescape(s) for s in stop or []]
-    dev = pick_device(device)
-    path = ckpt_io.resolve(checkpoint)
-    model, vocab = ckpt_io.build_model(ckpt_io.load(path), path)
-    model.to(dev).eval()
+    model = load(checkpoint, device)
+    path, vocab = model.path, model.vocab
     err.print(f"[dim]model: {escape(str(path))}[/]")
     unknown = vocab.unknown(cfg.prime) if prime is not None else ""
     if unknown:
@@ -347,20 +358,19 @@ def sample(
         )
     echo = "".join(c for c in cfg.prime if c in vocab) if prime is not None else ""
     stream = sys.stdout
+    draw = dict(length=cfg.length, temp=cfg.temp, prime=cfg.prime, seed=cfg.seed, top_k=cfg.top_k, top_p=cfg.top_p)
     if beam is not None:
-        texts = [t for t, _ in beam_search(model, vocab, cfg.prime, beam, cfg.length, stops, keep_stop, cfg.num)]
+        texts = [t for t, _ in model.beam(cfg.length, beam, cfg.prime, cfg.num, stops, keep_stop)]
     elif cfg.num == 1 and output_format == "text":  # one sample: stream it as it comes
         stream.write(echo)
-        for _, piece in steered(model, vocab, cfg, stops, keep_stop):
+        for piece in model.stream(**draw, stop=stops, keep_stop=keep_stop):
             stream.write(piece)
             stream.flush()  # to a terminal or a pipe (`| tee`): ~1 us a character
         stream.write("\n")
         stream.flush()
         return 0
     else:
-        texts = [""] * cfg.num
-        for i, piece in steered(model, vocab, cfg, stops, keep_stop):
-            texts[i] += piece
+        texts = model.sample(**draw, num=cfg.num, stop=stops, keep_stop=keep_stop)
     if output_format == "jsonl":
         settings = {
             "temp": cfg.temp,
@@ -378,7 +388,7 @@ def sample(
                 "prime": echo,
                 "seed": None if beam else cfg.seed,
                 "settings": settings,
-                "nats_per_char": nats_per_char(model, vocab, text),
+                "nats_per_char": nats_per_char(model.net, vocab, text),
             }
             stream.write(json.dumps(row, ensure_ascii=False) + "\n")
     elif len(texts) == 1:

@@ -84,6 +84,7 @@ class TrainConfig:
     steps: int | None = None  # Optimizer steps; None means only --minutes bounds the run.
     minutes: float | None = None  # Wall-clock budget; None with no --steps means DEFAULT_MINUTES.
     val_frac: float = 0.1  # Last 10% is validation, the split nanoGPT's shakespeare_char uses.
+    separator: str | None = None  # Between files of a corpus of several; None: a blank line.
     val_chars: int | None = None  # Validate on only the first N characters of the split; None: all of it.
     eval_every: int = 500  # Steps between validations: about a minute on a 2-core CPU, ~3% of the time.
     sample_every: int = 1  # A short sample at every Nth validation (0: never), to watch the model learn.
@@ -107,6 +108,10 @@ class TrainConfig:
         _check(self.minutes is None or self.minutes > 0, f"--minutes must be > 0, got {self.minutes}")
         _check(0.0 <= self.val_frac < 0.5, f"--val-frac must be in [0, 0.5), got {self.val_frac}")
         _positive_int(self.eval_every, "--eval-every")
+        _check(
+            self.separator is None or isinstance(self.separator, str),
+            f"--separator must be text, got {self.separator!r}",
+        )
         _check(
             isinstance(self.sample_every, int) and self.sample_every >= 0,
             f"--sample-every must be a whole number >= 0, got {self.sample_every}",

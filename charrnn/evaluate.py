@@ -139,6 +139,8 @@ def _validation_split(ckpt: dict, path, vocab, scratch, warn) -> tuple[np.ndarra
     corpus = ckpt.get("corpus")
     if not corpus:
         raise CharRNNError(f"{path} records no training corpus: give a FILE to score")
+    if len(ckpt.get("files") or []) > 1:
+        return _validation_of_files(ckpt, vocab, warn)
     where = Path(corpus["path"])
     here = Path(__file__).parent
     for shipped in (here / "corpora" / where.name, here.parent / "corpora" / where.name):  # wheel, source tree
@@ -162,3 +164,30 @@ def _validation_split(ckpt: dict, path, vocab, scratch, warn) -> tuple[np.ndarra
         return data.split(all_ids, val_frac)[1], skipped, label  # the split alone is read into memory
     finally:
         all_ids.close()
+
+
+def _validation_of_files(ckpt: dict, vocab, warn) -> tuple[np.ndarray, int, str]:
+    """The validation split of a run on several files: the last part of each, joined as in training."""
+    from pathlib import Path
+
+    from charrnn import data, dataset
+    from charrnn.config import TrainConfig, from_dict
+
+    cfg = from_dict(TrainConfig, ckpt.get("train_config", {}))
+    if cfg.val_frac == 0:
+        raise CharRNNError("the run trained with --val-frac 0, so it has no validation split: give a FILE")
+    files = ckpt["files"]
+    for f in files:
+        if not Path(f["path"]).is_file():
+            raise CharRNNError(
+                f"the run's corpus file {f['path']} is not there any more (moved or deleted): "
+                "give the FILE to score, e.g. `charrnn eval text.txt`"
+            )
+        if f["size"] != Path(f["path"]).stat().st_size or data.file_digest(Path(f["path"])) != f["sha256"]:
+            warn(f"the run's corpus file {f['path']} changed since training; scoring its current contents")
+    split = dataset.load([f["path"] for f in files], cfg.val_frac, cfg.separator)
+    to_model = np.array([vocab.chars.find(c) for c in split.vocab.chars])  # (V_data,) model id, -1 if unknown
+    ids = to_model[split.val]  # (N_val,)
+    known = ids >= 0
+    label = f"validation split of {len(files)} files (last {cfg.val_frac:.0%} of each)"
+    return ids[known], int((~known).sum()), label

@@ -198,7 +198,7 @@ class Probe:
     def rate(self, shape: Shape) -> float:
         """Training chars/s of the whole (global) batch, as this process sees it."""
         from charrnn.data import Streams
-        from charrnn.train import forward_loss, make_optimizer
+        from charrnn.state import forward_loss, make_optimizer
 
         local = max(1, shape.batch_size // self.world)
         dropout = auto_dropout(0.0) if self.model_cfg.dropout is None else self.model_cfg.dropout

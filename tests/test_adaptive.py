@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from charrnn import checkpoint
-from charrnn import train as train_mod
+from charrnn import loop as train_mod
 from charrnn.config import ADAPTIVE_MIN_VOCAB, ModelConfig, SampleConfig, auto_cutoffs
 from charrnn.evaluate import evaluate
 from charrnn.model import CharRNN

@@ -57,7 +57,7 @@ def start_forked(corpus: Path, run: Path, resume: bool):
     """The same command, forked from a server that has already imported torch and charrnn: a kill cycle
     then costs a fork, not a fresh interpreter start (which is what makes 10+ kills affordable)."""
     ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["charrnn.cli", "charrnn.train"])
+    ctx.set_forkserver_preload(["charrnn.cli", "charrnn.loop"])
     from charrnn.cli import main
 
     argv = ["train", str(corpus), *FLAGS, "--out", str(run)] + (["--resume"] if resume else [])

@@ -282,7 +282,7 @@ def test_device_cpu_is_honoured_under_torchrun_on_a_machine_with_gpus(monkeypatc
 
 
 def test_a_failure_while_building_the_trainer_still_leaves_the_process_group(monkeypatch, tmp_path):
-    from charrnn import train as train_mod
+    from charrnn import loop as train_mod
     from charrnn.errors import CharRNNError
 
     closed = []

@@ -13,7 +13,7 @@ import torch
 from conftest import make_text
 
 from charrnn import checkpoint, finetune
-from charrnn import train as train_mod
+from charrnn import loop as train_mod
 from charrnn.config import ModelConfig
 from charrnn.errors import CharRNNError
 from charrnn.model import CharRNN

@@ -13,7 +13,8 @@ from conftest import make_text
 
 from charrnn import checkpoint
 from charrnn import evaluate as evaluate_mod
-from charrnn import train as train_mod
+from charrnn import loop as train_mod
+from charrnn import state as state_mod
 from charrnn.errors import CharRNNError
 
 MODEL = dict(hidden=32, embed=16, layers=2, dropout=0.1)
@@ -57,7 +58,7 @@ def test_a_stop_before_the_first_step_leaves_a_resumable_last_pt(corpus, tmp_pat
 
 
 def test_a_stop_right_after_a_skipped_step_leaves_a_resumable_last_pt(corpus, tmp_path, monkeypatch):
-    real = train_mod.loss_fn
+    real = state_mod.loss_fn
     calls = {"n": 0}
 
     def one_bad(logits, targets):
@@ -65,7 +66,7 @@ def test_a_stop_right_after_a_skipped_step_leaves_a_resumable_last_pt(corpus, tm
         loss = real(logits, targets)
         return loss * float("nan") if calls["n"] == 7 else loss
 
-    monkeypatch.setattr(train_mod, "loss_fn", one_bad)
+    monkeypatch.setattr(state_mod, "loss_fn", one_bad)
 
     def stop_on_the_skip(event):
         if event.kind == "notice" and "update skipped" in event.message:
@@ -132,7 +133,7 @@ def test_fp16_overflows_are_not_divergence_and_the_scaler_is_saved(corpus, tmp_p
     finite, as fp16's scaled gradients do in its first steps on a GPU. With a scaler they only lower its
     scale (no notice, learning rate untouched) and the scaler's state goes into last.pt and comes back on
     resume; without one (fp32, bf16) the same steps are real divergence and are counted."""
-    real_scaler, real_loss = torch.amp.GradScaler, train_mod.loss_fn
+    real_scaler, real_loss = torch.amp.GradScaler, state_mod.loss_fn
     monkeypatch.setattr(torch.amp, "GradScaler", lambda device, enabled: real_scaler(device, enabled=scaler))
     calls = {"n": 0}
 
@@ -140,9 +141,9 @@ def test_fp16_overflows_are_not_divergence_and_the_scaler_is_saved(corpus, tmp_p
         calls["n"] += 1
         return real_loss(InfGrad.apply(logits) if 3 <= calls["n"] <= 5 else logits, targets)
 
-    monkeypatch.setattr(train_mod, "loss_fn", overflowing)
+    monkeypatch.setattr(state_mod, "loss_fn", overflowing)
     notices = []
-    first = train_mod.Trainer(
+    first = train_mod.Trainer.from_flags(
         corpus,
         MODEL,
         {**TRAIN, "steps": 20},
@@ -150,17 +151,17 @@ def test_fp16_overflows_are_not_divergence_and_the_scaler_is_saved(corpus, tmp_p
         False,
         lambda e: e.kind == "notice" and notices.append(e.message),
     )
-    first.run()
+    first.fit()
     if not scaler:
-        assert len(notices) == 3 and first.lr_scale == 0.5  # two skips, then a restore at half the rate
+        assert len(notices) == 3 and first.state.lr_scale == 0.5  # two skips, then a restore at half the rate
         return
-    assert notices == [] and first.lr_scale == 1.0
-    scale = first.scaler.get_scale()
+    assert notices == [] and first.state.lr_scale == 1.0
+    scale = first.state.scaler.get_scale()
     assert scale == 2.0**16 / 8  # three overflows, each halving torch's initial scale
     saved = checkpoint.load(tmp_path / "run" / "last.pt")["resume"]["scaler"]
     assert saved["scale"] == scale
-    again = train_mod.Trainer(None, {}, {"steps": 25}, tmp_path / "run", True, None)
-    assert again.scaler.get_scale() == scale
+    again = train_mod.Trainer.from_flags(None, {}, {"steps": 25}, tmp_path / "run", True, None)
+    assert again.state.scaler.get_scale() == scale
 
 
 def test_a_stop_request_ends_a_long_validation_early(tmp_path, monkeypatch):

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from charrnn import checkpoint
-from charrnn import train as train_mod
+from charrnn import loop as train_mod
+from charrnn import state as state_mod
 from charrnn.config import SampleConfig
 from charrnn.errors import CharRNNError
 from charrnn.sample import generate
@@ -94,7 +95,7 @@ def test_resume_rejects_contradicting_architecture(corpus, tmp_path):
 
 
 def test_non_finite_loss_skips_then_restores_with_lower_lr(corpus, tmp_path, monkeypatch):
-    real = train_mod.loss_fn
+    real = state_mod.loss_fn
     calls = {"n": 0}
 
     def flaky(logits, targets):
@@ -102,7 +103,7 @@ def test_non_finite_loss_skips_then_restores_with_lower_lr(corpus, tmp_path, mon
         loss = real(logits, targets)
         return loss * float("nan") if 12 <= calls["n"] <= 15 else loss
 
-    monkeypatch.setattr(train_mod, "loss_fn", flaky)
+    monkeypatch.setattr(state_mod, "loss_fn", flaky)
     notices = []
     result = train_mod.train(
         corpus,
@@ -120,14 +121,14 @@ def test_non_finite_loss_skips_then_restores_with_lower_lr(corpus, tmp_path, mon
 
 
 def test_persistent_non_finite_loss_stops_with_clear_error(corpus, tmp_path, monkeypatch):
-    monkeypatch.setattr(train_mod, "loss_fn", lambda logits, targets: logits.float().sum() * float("nan"))
+    monkeypatch.setattr(state_mod, "loss_fn", lambda logits, targets: logits.float().sum() * float("nan"))
     with pytest.raises(CharRNNError, match="diverged"):
         train_mod.train(corpus, MODEL, {**TRAIN, "steps": 100}, out=tmp_path / "run")
 
 
 def test_time_budget_stops_the_run(corpus, tmp_path, monkeypatch):
     clock = iter(range(10**9))  # a clock that moves 1 s each time it is read: no dependence on this CPU
-    monkeypatch.setattr(train_mod, "time", types.SimpleNamespace(perf_counter=lambda: float(next(clock))))
+    monkeypatch.setattr(state_mod, "time", types.SimpleNamespace(perf_counter=lambda: float(next(clock))))
     result = train_mod.train(corpus, MODEL, {**TRAIN, "minutes": 0.5}, out=tmp_path / "run")
     assert 30 <= result.elapsed < 40 and 0 < result.step < 30  # stops at the first step past its 30 s
     assert (tmp_path / "run" / "best.pt").exists()
@@ -164,15 +165,15 @@ def test_a_step_budget_sets_dropout_from_its_passes_before_the_first_step(corpus
     from charrnn.config import DROPOUT_RANGE, auto_dropout
 
     auto = {k: v for k, v in MODEL.items() if k != "dropout"}
-    few = train_mod.Trainer(corpus, auto, {**TRAIN, "steps": 5}, tmp_path / "few", False, None)
-    assert few.model_cfg.dropout == DROPOUT_RANGE[0] and _rates(few) == (DROPOUT_RANGE[0],) * 2
+    few = train_mod.Trainer.from_flags(corpus, auto, {**TRAIN, "steps": 5}, tmp_path / "few", False, None)
+    assert few.run.model_cfg.dropout == DROPOUT_RANGE[0] and _rates(few) == (DROPOUT_RANGE[0],) * 2
     windows = few.streams.windows
     steps = 9 * windows  # nine passes: halfway up the ramp
-    mid = train_mod.Trainer(corpus, auto, {**TRAIN, "steps": steps}, tmp_path / "mid", False, None)
-    assert DROPOUT_RANGE[0] < mid.model_cfg.dropout == auto_dropout(9.0) < DROPOUT_RANGE[1]
-    assert _rates(mid) == (mid.model_cfg.dropout,) * 2
-    mine = train_mod.Trainer(corpus, MODEL, {**TRAIN, "steps": steps}, tmp_path / "mine", False, None)
-    assert mine.model_cfg.dropout == MODEL["dropout"] and _rates(mine) == (MODEL["dropout"],) * 2
+    mid = train_mod.Trainer.from_flags(corpus, auto, {**TRAIN, "steps": steps}, tmp_path / "mid", False, None)
+    assert DROPOUT_RANGE[0] < mid.run.model_cfg.dropout == auto_dropout(9.0) < DROPOUT_RANGE[1]
+    assert _rates(mid) == (mid.run.model_cfg.dropout,) * 2
+    mine = train_mod.Trainer.from_flags(corpus, MODEL, {**TRAIN, "steps": steps}, tmp_path / "mine", False, None)
+    assert mine.run.model_cfg.dropout == MODEL["dropout"] and _rates(mine) == (MODEL["dropout"],) * 2
 
 
 def _fake_rates(monkeypatch, speed: float) -> None:
@@ -183,7 +184,12 @@ def _fake_rates(monkeypatch, speed: float) -> None:
 
 
 def _shape(trainer):
-    return trainer.model_cfg.layers, trainer.model_cfg.hidden, trainer.cfg.batch_size, trainer.model_cfg.dropout
+    return (
+        trainer.run.model_cfg.layers,
+        trainer.run.model_cfg.hidden,
+        trainer.cfg.batch_size,
+        trainer.run.model_cfg.dropout,
+    )
 
 
 def test_a_time_budget_takes_shape_and_dropout_from_the_probe_and_a_slow_start_changes_neither(
@@ -195,18 +201,18 @@ def test_a_time_budget_takes_shape_and_dropout_from_the_probe_and_a_slow_start_c
 
     _fake_rates(monkeypatch, 5e4)
     flags = {k: v for k, v in TRAIN.items() if k != "batch_size"} | {"minutes": 0.02, "eval_every": 1000}
-    real_step = train_mod.Trainer._train_step
+    real_step = train_mod.Trainer.train_step
     seen = []
     for slow in (False, True):
 
         def step(self, lr, slow=slow):
-            if slow and self.step < 3:
+            if slow and self.state.step < 3:
                 time.sleep(0.3)  # the first steps of a run are often slow: they must not decide anything
             return real_step(self, lr)
 
-        monkeypatch.setattr(train_mod.Trainer, "_train_step", step)
+        monkeypatch.setattr(train_mod.Trainer, "train_step", step)
         infos = []
-        trainer = train_mod.Trainer(
+        trainer = train_mod.Trainer.from_flags(
             corpus,
             {"embed": 16},
             flags,
@@ -214,31 +220,37 @@ def test_a_time_budget_takes_shape_and_dropout_from_the_probe_and_a_slow_start_c
             False,
             lambda e, infos=infos: e.kind == "info" and infos.append(e.message),
         )
-        assert trainer.model_cfg.dropout is not None  # settled before the first step
+        assert trainer.run.model_cfg.dropout is not None  # settled before the first step
         before = _shape(trainer)
-        trainer.run()
+        trainer.fit()
         assert _shape(trainer) == before
-        passes = trainer.sizing and float(infos[1].split("about ")[1].split(" passes")[0])
-        assert trainer.model_cfg.dropout == auto_dropout(passes) and DROPOUT_RANGE[0] <= trainer.model_cfg.dropout
-        assert infos[0] == trainer.sizing and "chars/s" in trainer.sizing
+        passes = trainer.run.sizing and float(infos[1].split("about ")[1].split(" passes")[0])
+        assert (
+            trainer.run.model_cfg.dropout == auto_dropout(passes) and DROPOUT_RANGE[0] <= trainer.run.model_cfg.dropout
+        )
+        assert infos[0] == trainer.run.sizing and "chars/s" in trainer.run.sizing
         saved = checkpoint.load(tmp_path / f"run{slow}" / "last.pt")
-        assert saved["sizing"] == trainer.sizing and saved["model_config"]["dropout"] == trainer.model_cfg.dropout
-        seen.append((before, trainer.sizing))
+        assert (
+            saved["sizing"] == trainer.run.sizing and saved["model_config"]["dropout"] == trainer.run.model_cfg.dropout
+        )
+        seen.append((before, trainer.run.sizing))
     assert seen[0] == seen[1]
 
 
 def test_resume_keeps_the_chosen_shape_whatever_the_probe_would_say_now(corpus, tmp_path, monkeypatch):
     _fake_rates(monkeypatch, 2e3)  # a slow machine: the smallest shape
     flags = {k: v for k, v in TRAIN.items() if k != "batch_size"} | {"minutes": 30.0, "steps": 4}
-    first = train_mod.Trainer(corpus, {"embed": 16}, flags, tmp_path / "run", False, None)
-    first.run()
+    first = train_mod.Trainer.from_flags(corpus, {"embed": 16}, flags, tmp_path / "run", False, None)
+    first.fit()
     _fake_rates(monkeypatch, 1e9)  # now everything would qualify
-    fresh = train_mod.Trainer(corpus, {"embed": 16}, {**flags, "steps": 6000}, tmp_path / "other", False, None)
+    fresh = train_mod.Trainer.from_flags(
+        corpus, {"embed": 16}, {**flags, "steps": 6000}, tmp_path / "other", False, None
+    )
     assert _shape(fresh)[:2] != _shape(first)[:2]  # the probe really would choose differently now
-    again = train_mod.Trainer(corpus, {}, {"steps": 8}, tmp_path / "run", True, None)
-    assert _shape(again) == _shape(first) and again.sizing == first.sizing
-    again.run()
-    assert checkpoint.load(tmp_path / "run" / "last.pt")["sizing"] == first.sizing
+    again = train_mod.Trainer.from_flags(corpus, {}, {"steps": 8}, tmp_path / "run", True, None)
+    assert _shape(again) == _shape(first) and again.run.sizing == first.run.sizing
+    again.fit()
+    assert checkpoint.load(tmp_path / "run" / "last.pt")["sizing"] == first.run.sizing
 
 
 def test_steps_alone_choose_a_shape_without_a_probe(corpus, tmp_path, monkeypatch):
@@ -249,11 +261,11 @@ def test_steps_alone_choose_a_shape_without_a_probe(corpus, tmp_path, monkeypatc
 
     monkeypatch.setattr(sizing.Probe, "rate", no_clock)
     flags = {k: v for k, v in TRAIN.items() if k != "batch_size"} | {"steps": 3}
-    trainer = train_mod.Trainer(corpus, {"embed": 16}, flags, tmp_path / "run", False, None)
-    assert "3 steps" in trainer.sizing and trainer.model_cfg.dropout is not None
-    explicit = train_mod.Trainer(corpus, {"embed": 16, "hidden": 48}, flags, tmp_path / "run2", False, None)
-    assert explicit.model_cfg.hidden == 48 and explicit.cfg.batch_size == 16
-    assert trainer.run().step == 3
+    trainer = train_mod.Trainer.from_flags(corpus, {"embed": 16}, flags, tmp_path / "run", False, None)
+    assert "3 steps" in trainer.run.sizing and trainer.run.model_cfg.dropout is not None
+    explicit = train_mod.Trainer.from_flags(corpus, {"embed": 16, "hidden": 48}, flags, tmp_path / "run2", False, None)
+    assert explicit.run.model_cfg.hidden == 48 and explicit.cfg.batch_size == 16
+    assert trainer.fit().step == 3
 
 
 def test_same_flags_with_steps_give_the_same_run_bit_for_bit(corpus, tmp_path):

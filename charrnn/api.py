@@ -1,0 +1,204 @@
+"""The Python API: `charrnn.load` for a trained model that samples, streams and scores, and `charrnn.train`
+for training from a script. The command line calls these same functions.
+
+    import charrnn
+    model = charrnn.load()                       # the newest run under ./checkpoints, else the bundled model
+    print(model.sample(200, temp=0.8, prime="ROMEO:", seed=1))
+    print(model.score("To be, or not to be").bits_per_char)
+    result = charrnn.train("my_text.txt", minutes=1, init="bundled")
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, overload
+
+from charrnn.config import ModelConfig, SampleConfig, TrainConfig
+from charrnn.errors import CharRNNError
+
+if TYPE_CHECKING:  # torch is imported only when a model is used
+    from charrnn.evaluate import EvalResult
+    from charrnn.loop import TrainResult
+
+
+class Model:
+    """A trained model loaded from a checkpoint, on the CPU unless moved with `device`."""
+
+    def __init__(self, path: Path, device: str = "cpu") -> None:
+        from charrnn import checkpoint
+        from charrnn.devices import pick_device
+
+        self.path = path
+        ckpt = checkpoint.load(path)
+        self.net, self.vocab = checkpoint.build_model(ckpt, path)
+        self.net.to(pick_device(device)).eval()
+        cfg = self.net.cfg
+        corpus = ckpt.get("corpus") or {}
+        self.info: dict[str, Any] = {
+            "path": str(path),
+            "model": cfg.model,
+            "layers": cfg.layers,
+            "hidden": cfg.hidden,
+            "embed": cfg.embed,
+            "shape": f"{cfg.model} {cfg.layers}x{cfg.hidden}",
+            "vocab": self.vocab.chars,
+            "steps": ckpt.get("step", 0),
+            "best_val": ckpt.get("best_val"),
+            "corpus": Path(corpus.get("path", "")).name or None,
+            "files": [Path(f["path"]).name for f in ckpt.get("files") or [corpus] if f],
+            "init": ckpt.get("init"),  # the model this one was fine-tuned from, if any
+            "sizing": ckpt.get("sizing") or None,
+        }
+
+    def __repr__(self) -> str:
+        return f"charrnn.Model({self.info['shape']}, {len(self.vocab)} characters, {self.path})"
+
+    def _config(
+        self, length: int, temp: float, prime: str | None, num: int, seed: int | None, **extra: Any
+    ) -> SampleConfig:
+        flags = {"prime": prime} if prime is not None else {}
+        return SampleConfig(length=length, temp=temp, num=num, seed=seed, **flags, **extra)
+
+    def stream(
+        self,
+        length: int = SampleConfig.length,
+        temp: float = SampleConfig.temp,
+        prime: str | None = None,
+        seed: int | None = None,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        stop: Sequence[str] = (),
+        keep_stop: bool = False,
+    ) -> Iterator[str]:
+        """One sample's text as it is generated (the prime not included); ends at `length` characters or
+        where it first writes a `stop` string. Characters of the prime the model does not know are skipped."""
+        from charrnn.steer import steered
+
+        cfg = self._config(length, temp, prime, 1, seed, top_k=top_k, top_p=top_p)
+        for _, piece in steered(self.net, self.vocab, cfg, stop, keep_stop):
+            yield piece
+
+    @overload
+    def sample(
+        self,
+        length: int = ...,
+        temp: float = ...,
+        prime: str | None = ...,
+        num: None = ...,
+        seed: int | None = ...,
+        top_k: int | None = ...,
+        top_p: float | None = ...,
+        stop: Sequence[str] = ...,
+        keep_stop: bool = ...,
+    ) -> str: ...
+    @overload
+    def sample(
+        self,
+        length: int = ...,
+        temp: float = ...,
+        prime: str | None = ...,
+        num: int = ...,
+        seed: int | None = ...,
+        top_k: int | None = ...,
+        top_p: float | None = ...,
+        stop: Sequence[str] = ...,
+        keep_stop: bool = ...,
+    ) -> list[str]: ...
+
+    def sample(
+        self,
+        length: int = SampleConfig.length,
+        temp: float = SampleConfig.temp,
+        prime: str | None = None,
+        num: int | None = None,
+        seed: int | None = None,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        stop: Sequence[str] = (),
+        keep_stop: bool = False,
+    ) -> str | list[str]:
+        """Generated text (the prime not included): one string, or a list of `num` independent samples
+        generated together as one batch. The same seed gives the same text, as `charrnn sample --seed`."""
+        from charrnn.steer import steered
+
+        cfg = self._config(length, temp, prime, num or 1, seed, top_k=top_k, top_p=top_p)
+        texts = [""] * cfg.num
+        for i, piece in steered(self.net, self.vocab, cfg, stop, keep_stop):
+            texts[i] += piece
+        return texts if num is not None else texts[0]
+
+    def beam(
+        self,
+        length: int,
+        width: int = 5,
+        prime: str | None = None,
+        num: int = 1,
+        stop: Sequence[str] = (),
+        keep_stop: bool = False,
+    ) -> list[tuple[str, float]]:
+        """The `num` likeliest continuations a beam of `width` finds: (text, mean log-probability per char)."""
+        from charrnn.steer import beam_search
+
+        return beam_search(
+            self.net, self.vocab, SampleConfig.prime if prime is None else prime, width, length, stop, keep_stop, num
+        )
+
+    def score(self, text: str) -> EvalResult:
+        """How well the model predicts `text`: `.nats_per_char`, `.bits_per_char`, `.perplexity`, `.chars`
+        (every character after the first, from a cold state; characters the model does not know are
+        skipped). The same figures as `charrnn eval` on a file holding exactly this text."""
+        from charrnn.evaluate import evaluate
+
+        ids = self.vocab.encode(text, unknown="skip")
+        if len(ids) < 2:
+            raise CharRNNError("score needs at least 2 characters the model knows")
+        return evaluate(self.net, ids, next(self.net.parameters()).device)
+
+
+def load(path_or_run: str | os.PathLike | None = None, device: str = "cpu") -> Model:
+    """A checkpoint file, a run folder (its best.pt), `bundled`, or None: the newest run under ./checkpoints,
+    else the model bundled with charrnn."""
+    from charrnn import checkpoint
+
+    if path_or_run is not None and str(path_or_run) == "bundled":
+        return Model(checkpoint.BUNDLED, device)
+    return Model(checkpoint.resolve(None if path_or_run is None else Path(path_or_run)), device)
+
+
+MODEL_FLAGS = {f.name for f in fields(ModelConfig)} - {"vocab_size"}
+TRAIN_FLAGS = {f.name for f in fields(TrainConfig)}
+
+
+def split_flags(flags: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Keyword flags (the command line's, underscored) into model and training flags; None means not given."""
+    unknown = set(flags) - MODEL_FLAGS - TRAIN_FLAGS
+    if unknown:
+        raise CharRNNError(f"unknown training option {sorted(unknown)[0]!r} (see `charrnn train --help`)")
+    given = {k: v for k, v in flags.items() if v is not None}
+    return (
+        {k: v for k, v in given.items() if k in MODEL_FLAGS},
+        {k: v for k, v in given.items() if k in TRAIN_FLAGS},
+    )
+
+
+def train(
+    corpus: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
+    *,
+    out: str | os.PathLike | None = None,
+    resume: bool = False,
+    init: str | os.PathLike | None = None,
+    report: Callable[[Any], Any] | None = None,
+    eval_at_seconds: Sequence[float] = (),
+    **flags: Any,
+) -> TrainResult:
+    """Train a model on one text file or several (files, folders, globs), as `charrnn train` does, with its
+    options as keywords (`minutes=5`, `hidden=256`, `val_frac=0.1`, ...). `init`: a checkpoint, run folder
+    or "bundled" to fine-tune from. `report` receives every TrainEvent. Returns the TrainResult
+    (run_dir, step, elapsed, best_val, ...); load the model with `charrnn.load(result.run_dir)`."""
+    from charrnn.loop import train as run
+
+    model_flags, train_flags = split_flags(flags)
+    return run(corpus, model_flags, train_flags, out, resume, report, init, eval_at_seconds)
