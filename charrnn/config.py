@@ -86,7 +86,7 @@ class TrainConfig:
     val_frac: float = 0.1  # Last 10% is validation, the split nanoGPT's shakespeare_char uses.
     separator: str | None = None  # Between files of a corpus of several; None: a blank line.
     val_chars: int | None = None  # Validate on only the first N characters of the split; None: all of it.
-    eval_every: int = 500  # Steps between validations: about a minute on a 2-core CPU, ~3% of the time.
+    eval_every: int = 500  # Steps between validations (at most; see EVAL_MAX_PASSES): about a minute on a 2-core CPU.
     sample_every: int = 1  # A short sample at every Nth validation (0: never), to watch the model learn.
     sample_length: int = 200  # Characters in each of those samples: a few lines, a few milliseconds.
     seed: int = 1337  # Fixed so two runs with the same flags are the same run.
@@ -162,6 +162,19 @@ AUTO_CELL_PASSES = 6.0
 
 
 LR_REF_HIDDEN = 512  # TrainConfig.lr was measured best at this width (benchmarks/README.md)
+
+
+# A small corpus is read many times in a budget and overfits within a few passes: unless --eval-every is
+# given, validate (and so keep best.pt) at least every EVAL_MAX_PASSES passes over the training text, but
+# not more often than every EVAL_MIN_STEPS steps (each validation also saves and samples).
+EVAL_MAX_PASSES = 2
+EVAL_MIN_STEPS = 25
+
+
+def auto_eval_every(windows_per_pass: int) -> int:
+    """Steps between validations for a training text of `windows_per_pass` windows: the default 500, or
+    every EVAL_MAX_PASSES passes when that is sooner (tiny-shakespeare at batch 16 keeps 500)."""
+    return max(EVAL_MIN_STEPS, min(TrainConfig.eval_every, EVAL_MAX_PASSES * windows_per_pass))
 
 
 def auto_lr(hidden: int) -> float:

@@ -18,7 +18,16 @@ import numpy as np
 import torch
 
 from charrnn import checkpoint, dataset, finetune, sizing
-from charrnn.config import ModelConfig, TrainConfig, auto_cutoffs, auto_dropout, auto_lr, from_dict, to_dict
+from charrnn.config import (
+    ModelConfig,
+    TrainConfig,
+    auto_cutoffs,
+    auto_dropout,
+    auto_eval_every,
+    auto_lr,
+    from_dict,
+    to_dict,
+)
 from charrnn.data import Streams
 from charrnn.devices import pick_device, pick_dtype
 from charrnn.distributed import Dist
@@ -250,6 +259,8 @@ def prepare(
             notes.append(plan.note)
     model_cfg: ModelConfig = _merge(ModelConfig, saved and saved["model_config"], model_flags, None, what="checkpoint")
     streams = Streams(data.train, cfg.batch_size, cfg.seq_len, dist.rank, dist.world, id_map)
+    if saved is None and "eval_every" not in train_flags:
+        cfg = replace(cfg, eval_every=auto_eval_every(streams.windows))
 
     torch.manual_seed(cfg.seed)
     model = CharRNN(model_cfg).to(device)
