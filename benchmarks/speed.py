@@ -27,7 +27,7 @@ from charrnn.config import ModelConfig, SampleConfig, to_dict
 from charrnn.devices import pick_dtype
 from charrnn.loop import Trainer
 from charrnn.model import CharRNN, count_parameters
-from charrnn.sample import generate, naive_generate
+from charrnn.sample import fast_rnn, generate, naive_generate
 from charrnn.vocab import Vocab
 
 VOCAB = Vocab("".join(sorted(set("\n !&',-.:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz3$"))))
@@ -114,29 +114,44 @@ def sample_rate(model: CharRNN, num: int, length: int, repeats: int, naive: bool
     return num * length / t
 
 
-def first_char_seconds(ckpt: Path, repeats: int) -> float:
+def matvec_bound(model: CharRNN, repeats: int, steps: int = 2000) -> float:
+    """The sampler's bound at batch 1, in chars/s: only the matrix-vector products one step must make
+    (every weight read once), nothing around them, on the same arrays the sampler uses."""
+    rnn = fast_rnn(model, backend="numpy")
+    rnn.reset_zero(1)
+    maps = [(w, rnn.h[:, lo:hi], np.empty((1, len(w)), np.float32)) for w, _, lo, hi in rnn.maps]
+
+    def products() -> None:
+        for _ in range(steps):
+            for w, x, out in maps:
+                np.matmul(x, w.T, out=out)  # (1, N)
+
+    return steps / median_time(products, repeats)
+
+
+def first_char_seconds(ckpt: str, repeats: int) -> float:
+    """Launch to the first sampled character of `charrnn sample`, measured from outside the process."""
     times = []
     for _ in range(repeats):
         t = time.perf_counter()
         proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "charrnn",
-                "sample",
-                "--checkpoint",
-                str(ckpt),
-                "--length",
-                "200",
-                "--prime",
-                "ROMEO:",
-            ],
+            [sys.executable, "-m", "charrnn", "sample", "--checkpoint", ckpt, "--length", "200", "--prime", "ROMEO:"],
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
         )
         proc.stdout.read(len("ROMEO:") + 1)  # the echoed prime, then the first sampled character
         times.append(time.perf_counter() - t)
         proc.wait()
+    return statistics.median(times)
+
+
+def import_torch_seconds(repeats: int) -> float:
+    """`python -c "import torch"` from launch to exit: what a sampler that imports torch pays first."""
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        subprocess.run([sys.executable, "-c", "import torch"], check=True)
+        times.append(time.perf_counter() - t)
     return statistics.median(times)
 
 
@@ -234,11 +249,58 @@ def corpus_prep(tmp: Path, mb: int) -> dict:
     return result
 
 
+def sampling(result: dict, repeats: int, tmp: Path, quick: bool) -> None:
+    print("3. sampling throughput", flush=True)
+    result["sample"] = {}
+    for hidden in (512, 256):
+        torch.manual_seed(0)
+        model = CharRNN(ModelConfig(vocab_size=len(VOCAB), hidden=hidden, layers=2, embed=128)).eval()
+        bound = matvec_bound(model, repeats)
+        result["sample"][f"lstm2x{hidden}/matvec_bound"] = round(bound)
+        for num in (1, 32):
+            rate = sample_rate(model, num, 2000 if num == 1 else 500, repeats)
+            result["sample"][f"lstm2x{hidden}/num{num}"] = round(rate)
+            print(f"  lstm 2x{hidden} --num {num:2d}: {rate:>9,.0f} chars/s", flush=True)
+        one = result["sample"][f"lstm2x{hidden}/num1"]
+        result["sample"][f"lstm2x{hidden}/num1_of_bound"] = round(one / bound, 3)
+        print(
+            f"  lstm 2x{hidden} bound at batch 1 (its matrix-vector products alone): {bound:,.0f} chars/s; "
+            f"the sampler makes {one / bound:.0%} of it",
+            flush=True,
+        )
+        if hidden == 512:
+            naive = sample_rate(model, 1, 200, 3, naive=True)
+            result["sample"]["lstm2x512/naive_nn_lstm_loop"] = round(naive)
+            print(
+                f"  lstm 2x512 naive nn.LSTM step loop: {naive:,.0f} chars/s "
+                f"(charrnn is {result['sample']['lstm2x512/num1'] / naive:.1f}x faster)",
+                flush=True,
+            )
+            ckpt = tmp / "lstm512.pt"  # saved with its torch-free weights file, as the trainer saves
+            checkpoint.save(
+                {"model": model.state_dict(), "model_config": to_dict(model.cfg), "vocab": VOCAB.chars}, ckpt
+            )
+    n = 3 if quick else 5
+    start = {
+        "import_torch": import_torch_seconds(n),
+        "bundled": first_char_seconds("bundled", n),
+        "lstm2x512": first_char_seconds(str(tmp / "lstm512.pt"), n),
+    }
+    result["start_seconds"] = {k: round(v, 3) for k, v in start.items()}
+    print(
+        f"  first character of `charrnn sample` after launch (median of {n}): bundled model "
+        f"{start['bundled']:.3f} s, 2x512 LSTM {start['lstm2x512']:.3f} s; `python -c 'import torch'` alone "
+        f"{start['import_torch']:.3f} s",
+        flush=True,
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="fewer repeats and a 10 MB corpus (a smoke test)")
     ap.add_argument("--eval-mb", type=int, default=None, help="size of the file for the eval memory line (100)")
     ap.add_argument("--only-eval-memory", action="store_true", help="measure only the eval memory line")
+    ap.add_argument("--only-sample", action="store_true", help="measure only sampling (section 3)")
     args = ap.parse_args()
     repeats = 3 if args.quick else 7
     tmp = Path(tempfile.mkdtemp(prefix="charrnn-speed-"))
@@ -258,6 +320,10 @@ def main() -> None:
     if args.only_eval_memory:
         print("5. eval memory", flush=True)
         result["eval_memory"] = eval_memory(tmp, eval_mb)
+        print("RESULT " + json.dumps(result))
+        return
+    if args.only_sample:
+        sampling(result, repeats, tmp, args.quick)
         print("RESULT " + json.dumps(result))
         return
     print("1. matmul roofline", flush=True)
@@ -287,30 +353,7 @@ def main() -> None:
         result["train"][f"{cell}2x{hidden}/speedup"] = round(auto / fp32, 2)
         print(f"  {cell} 2x{hidden} default precision / fp32 = {auto / fp32:.2f}x", flush=True)
 
-    print("3. sampling throughput", flush=True)
-    result["sample"] = {}
-    for hidden in (512, 256):
-        torch.manual_seed(0)
-        model = CharRNN(ModelConfig(vocab_size=len(VOCAB), hidden=hidden, layers=2, embed=128)).eval()
-        for num in (1, 32):
-            rate = sample_rate(model, num, 2000 if num == 1 else 500, repeats)
-            result["sample"][f"lstm2x{hidden}/num{num}"] = round(rate)
-            print(f"  lstm 2x{hidden} --num {num:2d}: {rate:>9,.0f} chars/s", flush=True)
-        if hidden == 512:
-            naive = sample_rate(model, 1, 200, 3, naive=True)
-            result["sample"]["lstm2x512/naive_nn_lstm_loop"] = round(naive)
-            print(
-                f"  lstm 2x512 naive nn.LSTM step loop: {naive:,.0f} chars/s "
-                f"(charrnn is {result['sample']['lstm2x512/num1'] / naive:.1f}x faster)",
-                flush=True,
-            )
-            ckpt = tmp / "lstm512.pt"
-            checkpoint.save(
-                {"model": model.state_dict(), "model_config": to_dict(model.cfg), "vocab": VOCAB.chars}, ckpt
-            )
-            result["first_char_seconds"] = round(first_char_seconds(ckpt, 5 if not args.quick else 3), 3)
-            print(f"  first character of `charrnn sample` {result['first_char_seconds']} s after launch", flush=True)
-
+    sampling(result, repeats, tmp, args.quick)
     print("4. corpus preparation", flush=True)
     result["corpus"] = corpus_prep(tmp, 10 if args.quick else 100)
     print("5. eval memory", flush=True)

@@ -25,36 +25,83 @@ if TYPE_CHECKING:  # torch is imported only when a model is used
 
 
 class Model:
-    """A trained model loaded from a checkpoint, on the CPU unless moved with `device`."""
+    """A trained model, ready to sample and score.
+
+    On a CPU it samples with the numpy loop of fastrnn.py from the torch-free weights file beside the
+    checkpoint (weights.py), so loading it and sampling import no torch; a checkpoint without one gets it
+    written on first use. The torch model is built only for what needs it: another device, an adaptive
+    softmax, beam search, scoring.
+    """
 
     def __init__(self, path: Path, device: str = "cpu") -> None:
-        from charrnn import checkpoint
-        from charrnn.devices import pick_device
+        from charrnn import weights
 
-        self.path = path
-        ckpt = checkpoint.load(path)
-        self.net, self.vocab = checkpoint.build_model(ckpt, path)
-        self.net.to(pick_device(device)).eval()
-        cfg = self.net.cfg
-        corpus = ckpt.get("corpus") or {}
+        self.path, self.device = Path(path), device
+        self._net: Any = None
+        found = None
+        if device == "cpu":
+            found = weights.read(self.path) if self.path.suffix == weights.SUFFIX else weights.for_checkpoint(self.path)
+        if found is None:
+            found = self._from_checkpoint()
+        self.cfg, self.vocab, self._weights = found.cfg, found.vocab, found.tensors
         self.info: dict[str, Any] = {
-            "path": str(path),
-            "model": cfg.model,
-            "layers": cfg.layers,
-            "hidden": cfg.hidden,
-            "embed": cfg.embed,
-            "shape": f"{cfg.model} {cfg.layers}x{cfg.hidden}",
+            "path": str(self.path),
+            "model": self.cfg.model,
+            "layers": self.cfg.layers,
+            "hidden": self.cfg.hidden,
+            "embed": self.cfg.embed,
+            "shape": f"{self.cfg.model} {self.cfg.layers}x{self.cfg.hidden}",
             "vocab": self.vocab.chars,
-            "steps": ckpt.get("step", 0),
-            "best_val": ckpt.get("best_val"),
-            "corpus": Path(corpus.get("path", "")).name or None,
-            "files": [Path(f["path"]).name for f in ckpt.get("files") or [corpus] if f],
-            "init": ckpt.get("init"),  # the model this one was fine-tuned from, if any
-            "sizing": ckpt.get("sizing") or None,
+            **found.info,
         }
+
+    def _from_checkpoint(self):  # noqa: ANN202 - a weights.Weights
+        """Load the .pt through torch, and leave the weights file beside it for next time (when the folder
+        is writable: a model in a read-only place still samples, only slower to start)."""
+        from charrnn import checkpoint, weights
+        from charrnn.devices import pick_device
+        from charrnn.errors import CharRNNError as Error
+        from charrnn.sample import numpy_weights
+
+        ckpt = checkpoint.load(self.path)
+        self._net, vocab = checkpoint.build_model(ckpt, self.path)
+        self._net.to(pick_device(self.device)).eval()
+        if self.device == "cpu":
+            try:
+                checkpoint.write_weights(ckpt, self.path)
+            except (Error, OSError):
+                pass
+        return weights.Weights(numpy_weights(self._net), self._net.cfg, vocab, self.path, weights.info_of(ckpt), "")
+
+    @property
+    def net(self):  # noqa: ANN201 - the torch CharRNN, built on first use
+        if self._net is None:
+            import torch
+
+            from charrnn.devices import pick_device
+            from charrnn.model import CharRNN
+
+            net = CharRNN(self.cfg)
+            net.load_state_dict({k: torch.from_numpy(v) for k, v in self._weights.items()})
+            self._net = net.to(pick_device(self.device)).eval()
+        return self._net
+
+    @property
+    def _numpy(self) -> bool:
+        """Whether sampling runs on the torch-free numpy loop (a CPU and a full softmax)."""
+        return self.device == "cpu" and not self.cfg.cutoffs
 
     def __repr__(self) -> str:
         return f"charrnn.Model({self.info['shape']}, {len(self.vocab)} characters, {self.path})"
+
+    def _pieces(self, cfg: SampleConfig, stop: Sequence[str], keep_stop: bool) -> Iterator[tuple[int, str]]:
+        from charrnn import fastrnn
+        from charrnn.steer import steered, stopped
+
+        if self._numpy:
+            rnn = fastrnn.FastRNN(self.cfg, self._weights)
+            return stopped(fastrnn.generate(rnn, self.vocab, cfg), cfg.num, stop, keep_stop)
+        return steered(self.net, self.vocab, cfg, stop, keep_stop)
 
     def _config(
         self, length: int, temp: float, prime: str | None, num: int, seed: int | None, **extra: Any
@@ -75,10 +122,8 @@ class Model:
     ) -> Iterator[str]:
         """One sample's text as it is generated (the prime not included); ends at `length` characters or
         where it first writes a `stop` string. Characters of the prime the model does not know are skipped."""
-        from charrnn.steer import steered
-
         cfg = self._config(length, temp, prime, 1, seed, top_k=top_k, top_p=top_p)
-        for _, piece in steered(self.net, self.vocab, cfg, stop, keep_stop):
+        for _, piece in self._pieces(cfg, stop, keep_stop):
             yield piece
 
     @overload
@@ -122,11 +167,9 @@ class Model:
     ) -> str | list[str]:
         """Generated text (the prime not included): one string, or a list of `num` independent samples
         generated together as one batch. The same seed gives the same text, as `charrnn sample --seed`."""
-        from charrnn.steer import steered
-
         cfg = self._config(length, temp, prime, num or 1, seed, top_k=top_k, top_p=top_p)
         texts = [""] * cfg.num
-        for i, piece in steered(self.net, self.vocab, cfg, stop, keep_stop):
+        for i, piece in self._pieces(cfg, stop, keep_stop):
             texts[i] += piece
         return texts if num is not None else texts[0]
 
@@ -142,9 +185,21 @@ class Model:
         """The `num` likeliest continuations a beam of `width` finds: (text, mean log-probability per char)."""
         from charrnn.steer import beam_search
 
-        return beam_search(
-            self.net, self.vocab, SampleConfig.prime if prime is None else prime, width, length, stop, keep_stop, num
-        )
+        prime = SampleConfig.prime if prime is None else prime
+        return beam_search(self.net, self.vocab, prime, width, length, stop, keep_stop, num)
+
+    def mean_nats(self, text: str) -> float | None:
+        """Mean nats/char of `text` from a cold state (None under 2 known characters): what `--format jsonl`
+        reports for a sample; on the numpy loop when sampling runs there."""
+        from charrnn import fastrnn
+        from charrnn.steer import nats_per_char
+
+        ids = self.vocab.encode(text, unknown="skip")
+        if len(ids) < 2:
+            return None
+        if self._numpy:
+            return fastrnn.mean_nats(fastrnn.FastRNN(self.cfg, self._weights), ids)
+        return nats_per_char(self.net, self.vocab, text)
 
     def score(self, text: str) -> EvalResult:
         """How well the model predicts `text`: `.nats_per_char`, `.bits_per_char`, `.perplexity`, `.chars`
@@ -159,13 +214,13 @@ class Model:
 
 
 def load(path_or_run: str | os.PathLike | None = None, device: str = "cpu") -> Model:
-    """A checkpoint file, a run folder (its best.pt), `bundled`, or None: the newest run under ./checkpoints,
-    else the model bundled with charrnn."""
-    from charrnn import checkpoint
+    """A checkpoint (.pt) or weights file (.safetensors), a run folder (its best.pt), `bundled`, or None:
+    the newest run under ./checkpoints, else the model bundled with charrnn."""
+    from charrnn import locate
 
     if path_or_run is not None and str(path_or_run) == "bundled":
-        return Model(checkpoint.BUNDLED, device)
-    return Model(checkpoint.resolve(None if path_or_run is None else Path(path_or_run)), device)
+        return Model(locate.BUNDLED, device)
+    return Model(locate.resolve(None if path_or_run is None else Path(path_or_run)), device)
 
 
 MODEL_FLAGS = {f.name for f in fields(ModelConfig)} - {"vocab_size"}

@@ -1,4 +1,4 @@
-"""The only module that calls torch.save / torch.load: atomic writes, weights-only loads, finding runs.
+"""The only module that calls torch.save / torch.load: atomic writes, weights-only loads, describing runs.
 
 A checkpoint is one dict of plain data (tensors, numbers, strings, lists, dicts) so that
 ``torch.load(path, weights_only=True)`` reads it on any machine without running any code from it.
@@ -15,22 +15,26 @@ from typing import Any
 
 import torch
 
+from charrnn import weights
 from charrnn.config import ModelConfig, from_dict
 from charrnn.errors import CharRNNError
+from charrnn.locate import BUNDLED, RUNS_DIR, newest_run, resolve
 from charrnn.model import CharRNN
 from charrnn.vocab import Vocab
 
+__all__ = ["BUNDLED", "RUNS_DIR", "build_model", "describe", "load", "newest_run", "resolve", "save"]
+
 FORMAT = "charrnn"
 FORMAT_VERSION = 1
-RUNS_DIR = Path("checkpoints")
-BUNDLED = Path(__file__).parent / "pretrained" / "shakespeare.pt"
 
 
-def save(payload: dict[str, Any], path: Path) -> None:
+def save(payload: dict[str, Any], path: Path, weights_file: bool = True) -> None:
     """Write all or nothing: a reader, or a crash at any moment, sees the old file or the new one.
 
     The bytes go to a temporary file in the same folder (same filesystem, so the rename is atomic),
     are flushed and fsynced, then renamed over the target; the folder is fsynced so the rename lasts.
+    Then, unless `weights_file` is false, the torch-free weights file beside it (weights.py), made the
+    same way and tied to this checkpoint by its hash.
     """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
@@ -47,6 +51,17 @@ def save(payload: dict[str, Any], path: Path) -> None:
             "or choose another --out); the previous checkpoint is kept"
         ) from None
     _fsync_dir(path.parent)
+    if weights_file:
+        write_weights(payload, path)
+
+
+def write_weights(ckpt: dict[str, Any], path: Path) -> Path:
+    """The weights file for the checkpoint `ckpt` saved at `path` (a sampler that needs no torch)."""
+    out = weights.beside(path)
+    tensors = {k: v.detach().to("cpu", torch.float32).numpy() for k, v in ckpt["model"].items()}
+    cfg = from_dict(ModelConfig, ckpt["model_config"])
+    weights.write(out, tensors, cfg, ckpt["vocab"], weights.info_of(ckpt), weights.digest(path))
+    return out
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -119,36 +134,6 @@ def build_model(ckpt: dict[str, Any], path: Path | str = "checkpoint") -> tuple[
     if cfg.vocab_size != len(vocab):
         raise CharRNNError(f"{path}: vocabulary of {len(vocab)} characters but a model for {cfg.vocab_size}")
     return model, vocab
-
-
-def newest_run(root: Path = RUNS_DIR) -> Path | None:
-    """The checkpoint of the most recently written run folder under `root` (its best.pt, else last.pt)."""
-    if not root.is_dir():
-        return None
-    found = [f for d in root.iterdir() if d.is_dir() for f in (d / "best.pt", d / "last.pt") if f.is_file()]
-    if not found:
-        return None
-    newest = max(found, key=lambda f: f.stat().st_mtime).parent
-    return resolve(newest)
-
-
-def resolve(spec: Path | str | None, root: Path = RUNS_DIR) -> Path:
-    """--checkpoint as given (a file, or a run folder meaning its best.pt), else the newest run, else
-    the model bundled with the package."""
-    if spec is not None:
-        p = Path(spec)
-        if p.is_dir():
-            for name in ("best.pt", "last.pt"):
-                if (p / name).is_file():
-                    return p / name
-        return p
-    if (found := newest_run(root)) is not None:
-        return found
-    if BUNDLED.is_file():
-        return BUNDLED
-    raise CharRNNError(
-        f"no checkpoint found under ./{root} (train one first: `charrnn train`, or pass --checkpoint PATH)"
-    )
 
 
 def _corpus_where(recorded: str) -> str:

@@ -339,7 +339,7 @@ def sample(
 
     from charrnn.api import load
     from charrnn.devices import set_threads
-    from charrnn.steer import nats_per_char, unescape
+    from charrnn.steer import unescape
 
     set_threads(threads)
     if output_format not in ("text", "jsonl"):
@@ -388,7 +388,7 @@ def sample(
                 "prime": echo,
                 "seed": None if beam else cfg.seed,
                 "settings": settings,
-                "nats_per_char": nats_per_char(model.net, vocab, text),
+                "nats_per_char": model.mean_nats(text),
             }
             stream.write(json.dumps(row, ensure_ascii=False) + "\n")
     elif len(texts) == 1:

@@ -1,16 +1,25 @@
-"""Device and precision choice: which hardware runs the model and in which autocast dtype."""
+"""Device and precision choice: which hardware runs the model and in which autocast dtype; CPU threads.
+
+torch is imported inside the functions that need it: `set_threads` runs before a torch-free sampler.
+"""
 
 from __future__ import annotations
 
 import contextlib
-
-import torch
+import os
+import sys
+from typing import TYPE_CHECKING
 
 from charrnn.errors import CharRNNError
+
+if TYPE_CHECKING:
+    import torch
 
 
 def pick_device(name: str = "auto") -> torch.device:
     """auto: cuda, then mps, then cpu. An explicit device that is not there is an error, not a fallback."""
+    import torch
+
     has_mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "mps" if has_mps else "cpu"
@@ -32,7 +41,10 @@ def set_threads(n: int | None) -> None:
         return
     if n < 1:
         raise CharRNNError(f"--threads must be a whole number >= 1, got {n}")
-    torch.set_num_threads(n)
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(n)
+    else:  # torch reads it when (if ever) it is imported
+        os.environ["OMP_NUM_THREADS"] = str(n)
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(n)  # numpy's OpenBLAS (or MKL), which the CPU sampler's matrix products run on
@@ -40,12 +52,16 @@ def set_threads(n: int | None) -> None:
 
 def cpu_has_fast_bf16() -> bool:
     """Native bf16 matmul (AVX-512 BF16 or AMX): without it bf16 on a CPU is emulated and slower."""
+    import torch
+
     checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
     return any(getattr(torch.cpu, c, lambda: False)() for c in checks)
 
 
 def pick_dtype(precision: str, device: torch.device) -> torch.dtype:
     """The autocast compute dtype: bf16 where the hardware runs it natively, fp16 on older GPUs."""
+    import torch
+
     if precision == "fp32":
         return torch.float32
     if precision == "bf16":
@@ -63,6 +79,8 @@ def pick_dtype(precision: str, device: torch.device) -> torch.dtype:
 
 def autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractContextManager:
     """Mixed precision: matmuls in `dtype`, weights and the loss stay fp32 (master weights)."""
+    import torch
+
     if dtype == torch.float32:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)

@@ -1,26 +1,30 @@
-"""Generation: warm the state on the prime text, then sample one character at a time and feed it back.
+"""Generation from a torch model: warm the state on the prime text, then sample one character at a time
+and feed it back.
 
 The per-character loop is the hot path. Calling ``nn.LSTM`` once per character pays torch's per-op dispatch
 for every gate (about 4 ms a step for a 2x512 LSTM on a 2-core CPU), so on a CPU the loop runs on
-``FastRNN``: the weights rearranged once, and each step a few matrix products (OpenBLAS through numpy for one
-sample, torch's oneDNN linear for a batch) plus in-place numpy ufuncs for the gates. The prime still goes
-through the model's own forward in one call, where torch's fused kernels are fastest for a long sequence.
+``fastrnn.FastRNN``: the weights rearranged once, and each step a few matrix products (OpenBLAS through numpy
+for one sample, torch's oneDNN linear for a batch) plus in-place numpy ufuncs for the gates. It is the same
+numpy loop that samples from a .safetensors file without torch, so both give the same text for a seed.
 ``naive_generate`` keeps the plain ``model(ids, state)`` loop as the reference that tests and benchmarks
-compare against, and it is also the loop for a model on a GPU.
+compare against, and it is also the loop for a model on a GPU or with an adaptive softmax.
 """
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Iterator
 
 import numpy as np
 import torch
 
+from charrnn import fastrnn
 from charrnn.config import SampleConfig
 from charrnn.errors import CharRNNError
+from charrnn.fastrnn import FastRNN, Sampler, prime_ids
 from charrnn.model import CharRNN, State
 from charrnn.vocab import Vocab
+
+__all__ = ["FastRNN", "Sampler", "eval_forward", "fast_rnn", "generate", "naive_generate", "prime_ids", "warm"]
 
 
 def generate(model: CharRNN, vocab: Vocab, cfg: SampleConfig) -> Iterator[list[str]]:
@@ -31,8 +35,18 @@ def generate(model: CharRNN, vocab: Vocab, cfg: SampleConfig) -> Iterator[list[s
     """
     _check_vocab(model, vocab)
     on_cpu = _device(model).type == "cpu"  # numpy cannot reach GPU memory: there, step the model where it lives
-    fast = on_cpu and not model.adaptive  # FastRNN has no adaptive softmax: torch computes its exact log-probs
-    return _loop(model, vocab, cfg, FastRNN if fast else _TorchStepper)
+    if on_cpu and not model.adaptive:  # FastRNN has no adaptive softmax: torch computes its exact log-probs
+        return fastrnn.generate(fast_rnn(model), vocab, cfg)
+    return _loop(model, vocab, cfg)
+
+
+def numpy_weights(model: CharRNN) -> dict[str, np.ndarray]:
+    """The model's state_dict as float32 numpy arrays on the CPU: what a .safetensors weights file holds."""
+    return {k: v.detach().to("cpu", torch.float32).numpy() for k, v in model.state_dict().items()}
+
+
+def fast_rnn(model: CharRNN, backend: str = "auto") -> FastRNN:
+    return FastRNN(model.cfg, numpy_weights(model), backend)
 
 
 def naive_generate(model: CharRNN, vocab: Vocab, cfg: SampleConfig) -> Iterator[list[str]]:
@@ -42,16 +56,15 @@ def naive_generate(model: CharRNN, vocab: Vocab, cfg: SampleConfig) -> Iterator[
     speed on CPU.
     """
     _check_vocab(model, vocab)
-    return _loop(model, vocab, cfg, _TorchStepper)
+    return _loop(model, vocab, cfg)
 
 
-def _loop(model: CharRNN, vocab: Vocab, cfg: SampleConfig, stepper: type) -> Iterator[list[str]]:
-    """Warm on the prime, then draw and feed back; `stepper(model)` with reset(state) and step(ids) -> logits
-    is the only thing that differs between the fast CPU loop and the plain torch one."""
+def _loop(model: CharRNN, vocab: Vocab, cfg: SampleConfig) -> Iterator[list[str]]:
+    """Warm on the prime with the model's own forward, then draw and feed back, one model call a character."""
     if cfg.length == 0:
         return
     logits, state = warm(model, prime_ids(vocab, cfg.prime), cfg.num)
-    rnn = stepper(model)
+    rnn = _TorchStepper(model)
     rnn.reset(state)
     sample = Sampler(cfg, len(vocab))
     chars = vocab.chars
@@ -75,15 +88,6 @@ class _TorchStepper:
         x = torch.as_tensor(ids, device=self.device).view(-1, 1)  # (N, 1)
         out, self.state = eval_forward(self.model, x, self.state)  # (N, 1, V)
         return out[:, -1].float().cpu().numpy()  # (N, V)
-
-
-def prime_ids(vocab: Vocab, prime: str) -> np.ndarray:
-    """The prime's ids, unknown characters dropped; never empty, because the state must be warmed on
-    something: a newline (the start of a line, as after a speech) if the vocabulary has one, else id 0."""
-    ids = vocab.encode(prime, unknown="skip")  # (T,)
-    if len(ids) == 0:
-        ids = vocab.encode("\n") if "\n" in vocab else np.zeros(1, dtype=np.int64)  # (1,)
-    return ids
 
 
 def warm(model: CharRNN, ids: np.ndarray, num: int) -> tuple[np.ndarray, State]:
@@ -121,291 +125,3 @@ def _check_vocab(model: CharRNN, vocab: Vocab) -> None:
             f"the model knows {model.cfg.vocab_size} characters but the vocabulary has {len(vocab)}: "
             "sample with the vocabulary stored in the model's own checkpoint"
         )
-
-
-class Sampler:
-    """Turns a batch of logits into one id per row: greedy at temp 0, else temperature, then top-k, then
-    top-p on what top-k left, then one draw by inverse CDF.
-
-    The filters shrink the candidate set rather than masking the whole vocabulary: top-k keeps the k
-    largest (argpartition, linear in V), top-p sorts only those, and the draw happens among the survivors
-    and maps back to ids. A filtered character is simply not a candidate, and one that top-p zeroes inside the
-    set is never drawn either: the draw takes the first index whose cumulative sum exceeds the target.
-    """
-
-    def __init__(self, cfg: SampleConfig, vocab_size: int) -> None:
-        self.rng = np.random.default_rng(cfg.seed)
-        self.greedy = cfg.temp == 0 or 1.0 / cfg.temp == float("inf")  # 1 / 5e-324 overflows: as good as 0
-        self.inv_temp = 0.0 if self.greedy else 1.0 / cfg.temp
-        self.top_k = cfg.top_k if cfg.top_k is not None and cfg.top_k < vocab_size else None
-        self.top_p = cfg.top_p if cfg.top_p is not None and cfg.top_p < 1.0 else None
-        self._p = np.empty((0, vocab_size))  # (N, V) work buffer, sized on first use
-        self._rows = np.empty((0, 1), dtype=np.intp)  # (N, 1) row numbers for fancy indexing
-
-    def __call__(self, logits: np.ndarray) -> np.ndarray:
-        """(N, V) logits -> (N,) int64 ids; ``logits`` is only read."""
-        if self.greedy:
-            return np.argmax(logits, axis=1)  # (N,)
-        if self._p.shape[0] != logits.shape[0]:
-            self._p = np.empty(logits.shape)  # (N, V) float64
-            self._rows = np.arange(logits.shape[0])[:, None]  # (N, 1)
-        p, rows = self._p, self._rows
-        np.subtract(logits, logits.max(axis=1, keepdims=True), out=p)  # max 0: exp cannot overflow
-        p *= self.inv_temp
-        np.exp(p, out=p)  # (N, V) unnormalised probabilities, the largest exactly 1
-        ids = None  # (N, C) the candidates' ids, None while all V are candidates in id order
-        if self.top_k is not None:
-            ids = np.argpartition(p, -self.top_k, axis=1)[:, -self.top_k :]  # (N, k) the k largest
-            p = p[rows, ids]  # (N, k)
-        if self.top_p is not None:
-            order = np.argsort(-p, axis=1, kind="stable")  # (N, C) most likely first
-            ids = order if ids is None else ids[rows, order]  # (N, C)
-            p = p[rows, order]  # (N, C) descending
-            cum = np.cumsum(p, axis=1)  # (N, C)
-            # The mass ahead of rank j is cum[j - 1]; rank 0 has none ahead of it, so it always stays.
-            p[:, 1:][cum[:, :-1] >= self.top_p * cum[:, -1:]] = 0.0
-        picked = self._draw(p)  # (N,) positions among the candidates
-        return picked if ids is None else ids[rows[:, 0], picked]  # (N,)
-
-    def _draw(self, p: np.ndarray) -> np.ndarray:
-        """One index per row of (N, C) unnormalised probabilities; the array is overwritten."""
-        np.cumsum(p, axis=1, out=p)  # (N, C) cumulative, non-decreasing
-        total = p[:, -1]  # (N,)
-        # u < 1 and total >= 1 give u * total < total even after rounding, so some index always qualifies.
-        target = self.rng.random(len(total)) * total  # (N,) in [0, total)
-        return np.count_nonzero(p <= target[:, None], axis=1)  # (N,) first index with cumsum > target
-
-
-class FastRNN:
-    """The model's recurrence and head as float32 numpy, for stepping one character at a time on a CPU.
-
-    Layout: the hidden states of all layers live in one (B, L*H) buffer, so layer l's input and its own
-    previous state, [h_{l-1}, h_l], are the adjacent columns [(l-1)H, (l+1)H) and each layer above the
-    first is ONE affine map through [W_ih | W_hh]. Layer 0's input is a character, so its input matmul,
-    the embedding and the biases fold into a (V, G*H) table read by id.
-
-    Sigmoid is computed as 0.5 * tanh(x / 2) + 0.5 with the halving folded into the weights, so an LSTM
-    layer runs one tanh over all four gates; the LSTM gates are reordered i, f, o, g so the three sigmoid
-    gates are adjacent. GRU's candidate gate needs r * (W_hn h + b_hn), so it cannot share a matmul over
-    [x, h] with its input half; GRU layers above the first do two matmuls instead (no zero padding).
-
-    The affine maps run on one of two backends, chosen per batch size in ``reset``:
-    - "numpy": OpenBLAS, both cores. Best at batch 1, where a step is a few matrix-vector products whose
-      cost is reading the weights from cache at full bandwidth.
-    - "onednn": torch's oneDNN linear with weights pre-packed for the batch. With several rows the work is
-      arithmetic, and oneDNN uses AVX-512 on this CPU where numpy's OpenBLAS picks AVX2 kernels: twice as
-      fast at batch 32. It is a private torch op, so it is probed once and "numpy" stands in without it.
-    One backend per loop, never both: OpenBLAS and torch's OpenMP each keep spinning threads, and on two
-    cores the two pools starve each other (a batch-32 step took 11 ms instead of 0.65 ms with both).
-    """
-
-    # From batch 2 on, oneDNN wins: 2x512 LSTM steps on 2 cores took 567 us (numpy) vs 152 us (oneDNN) at
-    # batch 2 and 1327 vs 630 us at batch 32, but 89 vs 148 us at batch 1.
-    ONEDNN_MIN_BATCH = 2
-
-    def __init__(self, model: CharRNN, backend: str = "auto") -> None:
-        if backend not in ("auto", "numpy", "onednn"):
-            raise CharRNNError(f"unknown FastRNN backend {backend!r}")
-        cfg = model.cfg
-        self.kind, self.layers, self.hidden, self.backend = cfg.model, cfg.layers, cfg.hidden, backend
-        H, L = cfg.hidden, cfg.layers
-        rnn = model.rnn
-
-        def param(name: str, rows: int, dtype: torch.dtype = torch.float32) -> np.ndarray:
-            t = getattr(rnn, name, None)
-            if t is None:  # a cell built with bias=False
-                return np.zeros(rows)
-            return t.detach().to("cpu", dtype).numpy()
-
-        # Per-row order and scale: sigmoid gates get the 0.5 of the tanh identity.
-        if self.kind == "lstm":  # torch order i, f, g, o -> i, f, o, g
-            order = np.r_[np.arange(0, 2 * H), np.arange(3 * H, 4 * H), np.arange(2 * H, 3 * H)]
-            scale = np.r_[np.full(3 * H, 0.5), np.ones(H)]  # (4H,)
-        elif self.kind == "gru":  # r, z, n: only r and z are sigmoids
-            order = np.arange(3 * H)
-            scale = np.r_[np.full(2 * H, 0.5), np.ones(H)]  # (3H,)
-        else:
-            order = np.arange(H)
-            scale = np.ones(H)
-        G = len(order) // H
-        self.gates = G
-
-        def gate_rows(w: np.ndarray) -> np.ndarray:
-            """Reordered, scaled copy of a weight. Float32 throughout: halving is exact, and a float64
-            detour for the large matrices made a FastRNN several times slower to build."""
-            out = w[order]  # (G*H, K) a copy
-            out *= scale[:, None].astype(np.float32)
-            return out
-
-        # Affine maps x -> x @ W.T + b, each reading a column range of the state buffer. Per layer: the
-        # maps' indices; for GRU, (hidden map, input map) with the input map absent on layer 0.
-        self.maps: list[tuple[np.ndarray, np.ndarray | None, int, int]] = []  # (W (N, K), b (N,), lo, hi)
-        self.layer_maps: list[list[int]] = []
-        embed = model.embed.weight.detach().to("cpu", torch.float64).numpy()  # (V, E)
-        for layer in range(L):
-            w_ih = param(f"weight_ih_l{layer}", G * H)  # (G*H, in) torch's gate order
-            w_hh = param(f"weight_hh_l{layer}", G * H)  # (G*H, H)
-            b_ih = param(f"bias_ih_l{layer}", G * H, torch.float64)[order] * scale  # (G*H,)
-            b_hh = param(f"bias_hh_l{layer}", G * H, torch.float64)[order] * scale  # (G*H,)
-            if self.kind == "gru":  # b_hn stays with W_hn h; r and z take theirs with the input's
-                b_ih = b_ih + np.r_[b_hh[: 2 * H], np.zeros(H)]
-                b_hh = np.r_[np.zeros(2 * H), b_hh[2 * H :]]
-            if layer == 0:  # input share, embedding and biases in one table; one map for the hidden state
-                w_in = w_ih.astype(np.float64)[order] * scale[:, None]  # (G*H, E)
-                self.table = _f32(embed @ w_in.T + b_ih + (0 if self.kind == "gru" else b_hh))  # (V, G*H)
-                hidden_b = b_hh if self.kind == "gru" else None
-                self.layer_maps.append([self._add_map(gate_rows(w_hh), hidden_b, 0, H)])
-            elif self.kind == "gru":
-                hidden_map = self._add_map(gate_rows(w_hh), b_hh, layer * H, (layer + 1) * H)
-                input_map = self._add_map(gate_rows(w_ih), b_ih, (layer - 1) * H, layer * H)
-                self.layer_maps.append([hidden_map, input_map])
-            else:
-                w = gate_rows(np.concatenate([w_ih, w_hh], axis=1))  # (G*H, 2H) over [h_{l-1}, h_l]
-                self.layer_maps.append([self._add_map(w, b_ih + b_hh, (layer - 1) * H, (layer + 1) * H)])
-        head_b = model.head.bias
-        self.head_map = self._add_map(
-            model.head.weight.detach().to("cpu", torch.float32).numpy(),  # (V, H)
-            None if head_b is None else head_b.detach().to("cpu", torch.float32).numpy(),  # (V,)
-            (L - 1) * H,
-            L * H,
-        )
-        self._cell = {"lstm": self._lstm, "gru": self._gru, "rnn": self._rnn}[self.kind]
-        self._packed: dict[int, list[torch.Tensor]] = {}  # oneDNN weights, by the batch they were packed for
-        self.reset(model.init_state(1))
-
-    def _add_map(self, w: np.ndarray, b: np.ndarray | None, lo: int, hi: int) -> int:
-        self.maps.append((_f32(w), None if b is None else _f32(b), lo, hi))
-        return len(self.maps) - 1
-
-    def reset(self, state: State) -> None:
-        """Load a torch state, tuple of (L, B, H), size the buffers for its batch and pick the backend."""
-        L, H = self.layers, self.hidden
-        B = state[0].shape[1]
-        h = state[0].detach().to("cpu", torch.float32).numpy()  # (L, B, H), may share the caller's memory
-        self.h = np.array(h.transpose(1, 0, 2), order="C").reshape(B, L * H)  # (B, L*H) an own copy
-        self.c = None
-        if self.kind == "lstm":
-            self.c = np.array(state[1].detach().to("cpu", torch.float32).numpy())  # (L, B, H) an own copy
-        self.rows = np.empty((B, self.gates * H), np.float32)  # (B, G*H) table rows of this step's ids
-        self.tmp = np.empty((B, H), np.float32)  # (B, H)
-        self.active = self._choose_backend(B)
-        if self.active == "onednn":
-            if B not in self._packed:
-                self._packed[B] = [_pack(w, B) for w, _, _, _ in self.maps]
-            packed = self._packed[B]
-            h = torch.from_numpy(self.h)  # (B, L*H) shares memory with self.h
-            self._dnn = [
-                (h[:, lo:hi], p, None if b is None else torch.from_numpy(b))
-                for (_, b, lo, hi), p in zip(self.maps, packed, strict=True)
-            ]
-        else:
-            self._out = [np.empty((B, len(w)), np.float32) for w, _, _, _ in self.maps]  # (B, N) each
-
-    def _choose_backend(self, batch: int) -> str:
-        if self.backend == "numpy" or (self.backend == "auto" and batch < self.ONEDNN_MIN_BATCH):
-            return "numpy"
-        if _onednn_ok():
-            return "onednn"
-        if self.backend == "onednn":
-            raise CharRNNError("this torch build has no oneDNN linear; use the numpy backend")
-        return "numpy"
-
-    def state(self) -> State:
-        """The current state as torch tensors, tuple of (L, B, H), as ``CharRNN.forward`` returns it."""
-        L, H, B = self.layers, self.hidden, self.h.shape[0]
-        h = torch.from_numpy(self.h.reshape(B, L, H).transpose(1, 0, 2).copy())  # (L, B, H)
-        return (h, torch.from_numpy(self.c.copy())) if self.kind == "lstm" else (h,)  # (L, B, H) each
-
-    def step(self, ids: np.ndarray) -> np.ndarray:
-        """Feed one id per row, (B,), and advance the state; returns the (B, V) logits, which the caller
-        may read until the next step overwrites them."""
-        np.take(self.table, ids, axis=0, out=self.rows)  # (B, G*H) layer 0's input share, biases included
-        for layer in range(self.layers):
-            self._cell(layer)
-        return self._affine(self.head_map)  # (B, V)
-
-    def _affine(self, i: int) -> np.ndarray:
-        """Map i applied to its columns of the state: a fresh or reused (B, N) array, free to overwrite."""
-        if self.active == "onednn":
-            x, packed, b = self._dnn[i]
-            return _linear(x, packed, b, "none", [], "").numpy()  # (B, N)
-        w, b, lo, hi = self.maps[i]
-        out = self._out[i]
-        np.matmul(self.h[:, lo:hi], w.T, out=out)  # (B, N)
-        if b is not None:
-            out += b
-        return out
-
-    def _lstm(self, layer: int) -> None:
-        H, tmp = self.hidden, self.tmp
-        g = self._affine(self.layer_maps[layer][0])  # (B, 4H) i, f, o, g
-        if layer == 0:
-            g += self.rows
-        np.tanh(g, out=g)
-        sig = g[:, : 3 * H]  # (B, 3H) i, f, o
-        sig *= 0.5
-        sig += 0.5
-        i, f, o, cand = g[:, :H], g[:, H : 2 * H], g[:, 2 * H : 3 * H], g[:, 3 * H :]
-        c = self.c[layer]  # (B, H)
-        c *= f
-        np.multiply(i, cand, out=tmp)
-        c += tmp
-        np.tanh(c, out=tmp)
-        np.multiply(o, tmp, out=self.h[:, layer * H : (layer + 1) * H])
-
-    def _gru(self, layer: int) -> None:
-        H, tmp = self.hidden, self.tmp
-        maps = self.layer_maps[layer]
-        gh = self._affine(maps[0])  # (B, 3H) r, z, n from the hidden state, b_hn included
-        gi = self.rows if layer == 0 else self._affine(maps[1])  # (B, 3H) from the input
-        rz = gh[:, : 2 * H]  # (B, 2H)
-        rz += gi[:, : 2 * H]
-        np.tanh(rz, out=rz)
-        rz *= 0.5
-        rz += 0.5
-        r, z, n = gh[:, :H], gh[:, H : 2 * H], gh[:, 2 * H :]
-        n *= r
-        n += gi[:, 2 * H :]
-        np.tanh(n, out=n)
-        h = self.h[:, layer * H : (layer + 1) * H]  # (B, H)
-        np.subtract(h, n, out=tmp)  # h' = n + z * (h - n)
-        tmp *= z
-        np.add(n, tmp, out=h)
-
-    def _rnn(self, layer: int) -> None:
-        H = self.hidden
-        a = self._affine(self.layer_maps[layer][0])  # (B, H)
-        if layer == 0:
-            a += self.rows
-        np.tanh(a, out=self.h[:, layer * H : (layer + 1) * H])
-
-
-try:  # a private op (the one torch.compile's CPU backend calls), so a torch without it falls back to numpy
-    _linear = torch.ops.mkldnn._linear_pointwise
-except (AttributeError, RuntimeError):
-    _linear = None
-
-
-def _pack(w: np.ndarray, batch: int) -> torch.Tensor:
-    """Reorder a (N, K) weight once into oneDNN's blocked layout for this batch size."""
-    return torch.ops.mkldnn._reorder_linear_weight(torch.from_numpy(w), batch)  # (N, K), oneDNN layout
-
-
-@functools.cache
-def _onednn_ok() -> bool:
-    """Whether the private oneDNN linear exists and agrees with numpy on a small case used as FastRNN
-    uses it: packed weight, bias, and an input that is a column slice of a wider buffer."""
-    try:
-        w = np.arange(12, dtype=np.float32).reshape(3, 4) / 7  # (3, 4)
-        b = np.array([1.0, -2.0, 0.5], np.float32)  # (3,)
-        buf = np.arange(12, dtype=np.float32).reshape(2, 6) / 5  # (2, 6)
-        y = _linear(torch.from_numpy(buf)[:, 1:5], _pack(w, 2), torch.from_numpy(b), "none", [], "")  # (2, 3)
-        want = buf[:, 1:5] @ w.T + b  # (2, 3)
-        return torch.backends.mkldnn.is_available() and np.allclose(y.numpy(), want, atol=1e-5)
-    except Exception:  # noqa: BLE001 - a torch without the op, or one whose signature changed
-        return False
-
-
-def _f32(a: np.ndarray) -> np.ndarray:
-    """Contiguous float32: BLAS wants unit-stride rows, and fp32 is what the model was trained in."""
-    return np.ascontiguousarray(a, dtype=np.float32)

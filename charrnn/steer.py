@@ -1,22 +1,24 @@
 """Steering generation: stop strings that end each sample where it first writes one, beam search for the
 likeliest continuation, and the mean nats/char a model gives a text (what `--format jsonl` reports).
 
-Sampling itself stays in sample.py; this module wraps its stream of characters. No rendering here.
+Sampling itself stays in sample.py and fastrnn.py; this module wraps their stream of characters. No
+rendering here. Torch is imported only by what needs it (beam search, scoring a torch model), so the
+torch-free sampler can use the stop strings.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from charrnn.config import SampleConfig
 from charrnn.errors import CharRNNError
-from charrnn.evaluate import evaluate
-from charrnn.model import CharRNN
-from charrnn.sample import eval_forward, generate, prime_ids, warm
 from charrnn.vocab import Vocab
+
+if TYPE_CHECKING:
+    from charrnn.model import CharRNN
 
 
 def unescape(text: str) -> str:
@@ -70,8 +72,16 @@ def steered(
 ) -> Iterator[tuple[int, str]]:
     """(sample index, text) pieces as they become safe to show; generation ends early once every sample
     has met a stop string, and `cfg.length` stays the upper bound."""
-    watch = StopWatch(cfg.num, stops, keep)
-    stream = generate(model, vocab, cfg)
+    from charrnn.sample import generate
+
+    return stopped(generate(model, vocab, cfg), cfg.num, stops, keep)
+
+
+def stopped(
+    stream: Iterator[list[str]], num: int, stops: Sequence[str] = (), keep: bool = False
+) -> Iterator[tuple[int, str]]:
+    """A stream of steps (one character per sample each) as (sample index, text) pieces, with stops."""
+    watch = StopWatch(num, stops, keep)
     try:
         for chars in stream:
             for i, c in enumerate(chars):
@@ -81,12 +91,11 @@ def steered(
                 return
     finally:
         stream.close()
-    for i in range(cfg.num):
+    for i in range(num):
         if rest := watch.flush(i):
             yield i, rest
 
 
-@torch.no_grad()
 def beam_search(
     model: CharRNN,
     vocab: Vocab,
@@ -101,6 +110,10 @@ def beam_search(
     character), best first. Every step keeps the `beam` likeliest of all one-character extensions; a beam
     that writes a stop string is finished there. Finished texts are ranked by log-probability divided by
     their length, so a short ending is not favoured just for having fewer factors below one."""
+    import torch
+
+    from charrnn.sample import eval_forward, prime_ids, warm
+
     if beam < 1 or best < 1 or best > beam:
         raise CharRNNError(f"--beam must be >= 1 and at least --num, got --beam {beam} --num {best}")
     logits, state = warm(model, prime_ids(vocab, prime), 1)  # (1, V), (L, 1, H) each
@@ -139,6 +152,8 @@ def beam_search(
 def nats_per_char(model: CharRNN, vocab: Vocab, text: str) -> float | None:
     """Mean nats per character the model gives `text` (every character after the first, from a cold
     state): what `charrnn eval` reports for a file holding exactly this text. None under two characters."""
+    from charrnn.evaluate import evaluate
+
     ids = vocab.encode(text, unknown="skip")
     if len(ids) < 2:
         return None

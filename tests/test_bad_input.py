@@ -253,9 +253,9 @@ def test_resume_with_nothing_to_resume(run_cli, guard, tiny_run, tmp_path):
 
 @pytest.mark.parametrize("command", ["sample", "eval", "info"])
 def test_no_checkpoint_anywhere_says_how_to_train_one(run_cli, tmp_path, monkeypatch, command):
-    from charrnn import checkpoint
+    from charrnn import locate
 
-    monkeypatch.setattr(checkpoint, "BUNDLED", tmp_path / "no-such-bundled.pt")
+    monkeypatch.setattr(locate, "BUNDLED", tmp_path / "no-such-bundled.pt")
     assert os.getcwd() == str(tmp_path) and not (tmp_path / "checkpoints").exists()
     code, out, err = run_cli(command)
     assert code == 1 and out == "" and "Traceback" not in err

@@ -5,7 +5,7 @@ import time
 
 import torch
 
-from charrnn import checkpoint
+from charrnn import checkpoint, weights
 from charrnn.config import ModelConfig, to_dict
 from charrnn.model import CharRNN
 from charrnn.vocab import Vocab
@@ -59,7 +59,8 @@ def test_a_save_that_dies_midway_leaves_the_old_checkpoint_whole(tmp_path, monke
     with pytest.raises(CharRNNError, match="could not write checkpoint .*No space left.*previous checkpoint is kept"):
         checkpoint.save({"model": {}, "model_config": {}, "vocab": "ab"}, path)
     assert path.read_bytes() == before
-    assert sorted(os.listdir(path.parent)) == ["best.pt"]
+    assert sorted(os.listdir(path.parent)) == ["best.pt", "best.safetensors"]  # no temporary file left
+    assert weights.for_checkpoint(path) is not None  # the weights file still belongs to the old checkpoint
 
 
 def test_save_replaces_atomically_and_leaves_no_temp_files(tmp_path):
@@ -67,7 +68,7 @@ def test_save_replaces_atomically_and_leaves_no_temp_files(tmp_path):
     before = path.read_bytes()
     checkpoint.save({"model": {}, "model_config": {}, "vocab": "ab"}, path)
     assert path.read_bytes() != before
-    assert sorted(os.listdir(path.parent)) == ["best.pt"]
+    assert sorted(os.listdir(path.parent)) == ["best.pt", "best.safetensors"]
 
 
 def test_resolve_folder_file_and_newest_run(tmp_path, monkeypatch):

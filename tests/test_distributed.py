@@ -170,7 +170,8 @@ def test_metrics_are_global_and_written_once(runs):
 def test_only_rank_0_writes_and_reports(runs):
     for name in ("dist", "split"):
         files = sorted(p.name for p in (runs["root"] / name).iterdir())
-        assert files == [".lock", "best.pt", "last.pt", "metrics.jsonl", "samples.txt"], files  # none per rank
+        want = [".lock", "best.pt", "best.safetensors", "last.pt", "last.safetensors", "metrics.jsonl", "samples.txt"]
+        assert files == want, files  # none per rank
     log = runs["dist"].stderr
     assert log.count("step      3  train") == 1 and log.count("step      6  train") == 1, log[-3000:]
     kept = (runs["root"] / "dist" / "samples.txt").read_text(encoding="utf-8")

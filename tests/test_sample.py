@@ -9,8 +9,9 @@ import torch
 
 from charrnn.config import ModelConfig, SampleConfig
 from charrnn.errors import CharRNNError
+from charrnn.fastrnn import FastRNN, Sampler, _onednn_ok
 from charrnn.model import CharRNN
-from charrnn.sample import FastRNN, Sampler, _onednn_ok, generate, naive_generate
+from charrnn.sample import fast_rnn, generate, naive_generate
 from charrnn.vocab import Vocab
 
 torch.set_num_threads(1)
@@ -62,23 +63,23 @@ def test_stepper_matches_torch(kind: str, backend: str, batch: int, tie: bool, l
     state = tuple(torch.randn_like(s) for s in model.init_state(batch))  # a carried, non-zero state
     with torch.no_grad():
         want, want_state = model(ids, state)  # (B, T, V)
-    rnn = FastRNN(model, backend=backend)
+    rnn = fast_rnn(model, backend=backend)
     kept = tuple(s.clone() for s in state)
-    rnn.reset(state)
+    rnn.reset(tuple(s.numpy() for s in state))
     assert rnn.active == backend
     for t in range(ids.shape[1]):
         got = rnn.step(ids[:, t].numpy())  # (B, V)
         np.testing.assert_allclose(got, want[:, t].numpy(), atol=2e-5, rtol=1e-5)
     for got_s, want_s in zip(rnn.state(), want_state, strict=True):
-        np.testing.assert_allclose(got_s.numpy(), want_s.numpy(), atol=2e-5, rtol=1e-5)
+        np.testing.assert_allclose(got_s, want_s.numpy(), atol=2e-5, rtol=1e-5)
     assert all(torch.equal(s, k) for s, k in zip(state, kept))  # stepping copied the state, never wrote it
 
 
 def test_stepper_reset_resizes_batch_and_picks_backend() -> None:
     model = make_model("gru")
-    rnn = FastRNN(model)
+    rnn = fast_rnn(model)
     for batch in (4, 1, 4):
-        rnn.reset(model.init_state(batch))
+        rnn.reset_zero(batch)
         assert rnn.step(np.zeros(batch, dtype=np.int64)).shape == (batch, len(VOCAB))
         assert rnn.state()[0].shape == (2, batch, 16)
         assert rnn.active == ("numpy" if batch < FastRNN.ONEDNN_MIN_BATCH or not _onednn_ok() else "onednn")

@@ -1,0 +1,42 @@
+"""Finding a model: --checkpoint as given (a file or a run folder), else the newest run under
+./checkpoints, else the model bundled with the package. Imports no torch, so a sampler can find its
+weights before deciding whether it needs torch at all."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from charrnn.errors import CharRNNError
+
+RUNS_DIR = Path("checkpoints")
+BUNDLED = Path(__file__).parent / "pretrained" / "shakespeare.pt"
+
+
+def newest_run(root: Path = RUNS_DIR) -> Path | None:
+    """The checkpoint of the most recently written run folder under `root` (its best.pt, else last.pt)."""
+    if not root.is_dir():
+        return None
+    found = [f for d in root.iterdir() if d.is_dir() for f in (d / "best.pt", d / "last.pt") if f.is_file()]
+    if not found:
+        return None
+    newest = max(found, key=lambda f: f.stat().st_mtime).parent
+    return resolve(newest)
+
+
+def resolve(spec: Path | str | None, root: Path = RUNS_DIR) -> Path:
+    """--checkpoint as given (a file, or a run folder meaning its best.pt), else the newest run, else
+    the model bundled with the package."""
+    if spec is not None:
+        p = Path(spec)
+        if p.is_dir():
+            for name in ("best.pt", "last.pt"):
+                if (p / name).is_file():
+                    return p / name
+        return p
+    if (found := newest_run(root)) is not None:
+        return found
+    if BUNDLED.is_file():
+        return BUNDLED
+    raise CharRNNError(
+        f"no checkpoint found under ./{root} (train one first: `charrnn train`, or pass --checkpoint PATH)"
+    )
