@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from charrnn import checkpoint
-from charrnn.config import SampleConfig, TrainConfig
+from charrnn.config import FINETUNE_SCHEDULE_PASSES, SampleConfig, TrainConfig
 from charrnn.data import Streams
 from charrnn.distributed import Dist
 from charrnn.errors import CharRNNError
@@ -155,7 +155,14 @@ class Trainer:
         return max(self.state.step / steps if steps else 0.0, elapsed / budget if budget else 0.0)
 
     def lr(self, elapsed: float) -> float:
-        return lr_at(self.cfg, self.state.step, self.progress(elapsed)) * self.state.lr_scale
+        """The schedule's rate now. Its cosine spans the budget; a fine-tuning run's (--init) spans at most
+        FINETUNE_SCHEDULE_PASSES passes over the training text, then goes on at the floor rate: a trained
+        model adapts to a small text within a few passes and then memorises it, so annealing early
+        reaches a lower validation loss (best.pt keeps it) than a high rate held while it overfits."""
+        progress = self.progress(elapsed)
+        if self.run.init is not None:
+            progress = max(progress, self.state.step / (FINETUNE_SCHEDULE_PASSES * self.streams.windows))
+        return lr_at(self.cfg, self.state.step, progress) * self.state.lr_scale
 
     def train_step(self, lr: float | None = None) -> float:
         """The next window of every stream, one update; the loss, or nan when the update was skipped."""
