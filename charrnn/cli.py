@@ -91,7 +91,7 @@ CheckpointOpt = Annotated[
     typer.Option(
         "--checkpoint",
         "-c",
-        help="A .pt file, or a run folder (its best.pt). Default: the newest "
+        help="A .pt or .safetensors file, or a run folder (its best.pt). Default: the newest "
         "run under ./checkpoints, else the bundled Shakespeare model.",
     ),
 ]
@@ -456,6 +456,37 @@ def info(checkpoint: CheckpointOpt = None) -> int:
     for key, value in ckpt_io.describe(path).items():
         table.add_row(key, escape(str(value)))
     out.print(table)
+    return 0
+
+
+@app.command(cls=_Command)
+def export(
+    run: Annotated[
+        Optional[Path],
+        typer.Argument(
+            help="A checkpoint or a run folder (its best.pt). Default: the newest run, else the bundled model."
+        ),
+    ] = None,
+    output_format: Annotated[
+        str,
+        typer.Option(
+            "--format",
+            help="onnx: a step model (ids and state in, logits and state out), vocabulary in FILE.json beside "
+            "it; safetensors: the weights, vocabulary and config in one file.",
+        ),
+    ] = "onnx",
+    out: Annotated[
+        Optional[Path], typer.Option(help="File to write. (default: the run's best.onnx or .safetensors)")
+    ] = None,
+) -> int:
+    """Write a trained model for use outside charrnn: ONNX (browsers, games, other languages) or safetensors."""
+    from charrnn import locate
+    from charrnn.export import export as write
+
+    source = locate.resolve(run)
+    target = out or source.with_suffix(".onnx" if output_format == "onnx" else ".safetensors")
+    for path in write(source, output_format, target):
+        err.print(f"wrote {escape(str(path))}")
     return 0
 
 
