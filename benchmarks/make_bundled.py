@@ -32,6 +32,8 @@ def main() -> None:
     result = train(CORPUS, model_flags, {"minutes": args.minutes, **train_flags}, out=out)
     ckpt = checkpoint.load(out / "best.pt")
     ckpt["corpus"]["path"] = CORPUS.name
+    for f in ckpt.get("files") or []:
+        f["path"] = Path(f["path"]).name
     checkpoint.save({k: v for k, v in ckpt.items() if k not in ("format", "version")}, BUNDLED)
     size = BUNDLED.stat().st_size
     if size > MAX_BYTES:

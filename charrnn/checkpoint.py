@@ -142,6 +142,15 @@ def _corpus_where(recorded: str) -> str:
     return recorded if Path(recorded).is_file() else Path(recorded).name
 
 
+def _corpus_line(ckpt: dict[str, Any]) -> str:
+    files = ckpt.get("files") or []
+    if len(files) <= 1:
+        corpus = ckpt.get("corpus") or {}
+        return f"{_corpus_where(corpus.get('path', '?'))} ({corpus.get('size', 0):,} bytes)"
+    names = ", ".join(Path(f["path"]).name for f in files[:4]) + (", ..." if len(files) > 4 else "")
+    return f"{len(files)} files, {sum(f.get('size', 0) for f in files):,} bytes ({names})"
+
+
 def _lineage(init: dict[str, Any]) -> str:
     best = init.get("best_val")
     where = (
@@ -161,7 +170,6 @@ def describe(path: Path) -> dict[str, Any]:
     from charrnn.model import count_parameters
 
     best = ckpt.get("best_val")
-    corpus = ckpt.get("corpus") or {}
     dropout = "auto" if cfg.dropout is None else cfg.dropout  # None: saved before a time budget settled it
     return {
         "model": f"{cfg.model} {cfg.layers}x{cfg.hidden} (embed {cfg.embed}, dropout {dropout}"
@@ -175,7 +183,7 @@ def describe(path: Path) -> dict[str, Any]:
         "steps": f"{ckpt.get('step', 0):,}",
         "training time": f"{ckpt.get('elapsed', 0.0):,.1f} s",
         "best val loss": "n/a" if best is None else f"{best:.4f} nats/char ({best / math.log(2):.4f} bpc)",
-        "corpus": f"{_corpus_where(corpus.get('path', '?'))} ({corpus.get('size', 0):,} bytes)",
+        "corpus": _corpus_line(ckpt),
         **({"started from": _lineage(ckpt["init"])} if ckpt.get("init") else {}),
         "bundled": "yes (the model shipped with charrnn)" if Path(path).resolve() == BUNDLED.resolve() else "no",
     }

@@ -87,6 +87,7 @@ def test_a_folder_trains_with_the_notices_and_resume_refuses_a_changed_file_by_n
     ckpt = checkpoint.load(tmp_path / "run" / "last.pt")
     assert [f["path"].rsplit("/", 1)[1] for f in ckpt["files"]] == ["a.txt", "b.md"]
     assert all(len(f["sha256"]) == 64 and f["size"] > 0 for f in ckpt["files"])
+    assert checkpoint.describe(tmp_path / "run" / "last.pt")["corpus"].startswith("2 files, ")
     assert train_mod.train(None, {}, {"steps": 16}, out=tmp_path / "run", resume=True).step == 16  # same files
     b = folder / "sub" / "b.md"
     b.write_text(b.read_text(encoding="utf-8") + "MORE\n", encoding="utf-8")
