@@ -428,13 +428,36 @@ def eval_(
         bool, typer.Option("--json", help="Print one JSON object on stdout instead of a table.")
     ] = False,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto",
+    show: Annotated[
+        bool,
+        typer.Option("--show", help="Show the text coloured by each character's surprisal, and the hardest words."),
+    ] = False,
+    html_out: Annotated[
+        Optional[Path],
+        typer.Option("--html", help="Write the same view as one standalone HTML page (hover: p and top guesses)."),
+    ] = None,
+    show_chars: Annotated[
+        int, typer.Option(help="Characters shown by --show and --html; the totals cover the whole text.")
+    ] = 2000,
 ) -> int:
-    """Score a text: nats/char, bits/char and perplexity."""
+    """Score a text: nats/char, bits/char and perplexity; --show colours it by what surprised the model."""
     from charrnn import checkpoint as ckpt_io
     from charrnn.evaluate import evaluate_checkpoint
 
+    if show_chars < 2:
+        raise CharRNNError(f"--show-chars must be at least 2, got {show_chars}")
     path = ckpt_io.resolve(checkpoint)
-    report = evaluate_checkpoint(path, file, device, warn=lambda msg: err.print(f"[yellow]warning:[/] {escape(msg)}"))
+    view = show or html_out is not None
+    report = evaluate_checkpoint(
+        path,
+        file,
+        "cpu" if view and device == "auto" else device,
+        warn=lambda msg: err.print(f"[yellow]warning:[/] {escape(msg)}"),
+        show=show_chars - 1 if view else 0,
+    )
+    shown = report.pop("shown", None)
+    if shown is not None:
+        _show(shown, report, show, html_out)
     if as_json:
         out.print_json(json.dumps(report))
         return 0
@@ -444,6 +467,31 @@ def eval_(
         table.add_row(key.replace("_", " "), f"{value:,}" if isinstance(value, int) else f"{value:.4f}")
     out.print(table)
     return 0
+
+
+def _show(shown: dict, report: dict, terminal: bool, html_out: Path | None) -> None:
+    """--show and --html: the surprisal view of the first characters (insight.py computes, render.py draws)."""
+    from charrnn import insight, render
+
+    view = insight.char_view(
+        shown["model"],
+        shown["vocab"],
+        shown["ids"],
+        shown["nats"],
+        (report["chars"], report["nats_per_char"] * report["chars"]),
+    )
+    title = f"{report['text']}: surprisal under {report['checkpoint']}"
+    if terminal:
+        out.print(render.terminal(view, title))
+    if html_out is not None:
+        tmp = html_out.with_name(f".{html_out.name}.tmp")
+        try:
+            tmp.write_text(render.page(view, title), encoding="utf-8")
+            tmp.replace(html_out)
+        except OSError as e:
+            tmp.unlink(missing_ok=True)
+            raise CharRNNError(f"could not write {html_out}: {e.strerror or e}") from None
+        err.print(f"wrote {escape(str(html_out))}")
 
 
 @app.command(cls=_Command)
@@ -456,6 +504,37 @@ def info(checkpoint: CheckpointOpt = None) -> int:
     for key, value in ckpt_io.describe(path).items():
         table.add_row(key, escape(str(value)))
     out.print(table)
+    return 0
+
+
+@app.command(cls=_Command)
+def plot(
+    runs: Annotated[
+        Optional[list[Path]], typer.Argument(help="Run folders (or metrics.jsonl files). Default: the newest run.")
+    ] = None,
+    x: Annotated[str, typer.Option("--x", help="steps or minutes.")] = "steps",
+    bits: Annotated[bool, typer.Option("--bits", help="Bits per character instead of nats.")] = False,
+    out_file: Annotated[
+        Optional[Path],
+        typer.Option("--out", help="Write a .png, .svg or .pdf instead (needs pip install 'charrnn[plot]')."),
+    ] = None,
+) -> int:
+    """Draw train and validation loss of one or several runs on one chart, to compare them."""
+    from charrnn import curves, locate
+
+    if x not in ("steps", "minutes"):
+        raise CharRNNError(f"--x must be steps or minutes, got {x!r}")
+    if not runs:
+        newest = locate.newest_run()
+        if newest is None:
+            raise CharRNNError(f"no run under ./{locate.RUNS_DIR} to plot: give a run folder")
+        runs = [newest.parent]
+    found = [curves.read(r, warn=lambda msg: err.print(f"[yellow]warning:[/] {escape(msg)}")) for r in runs]
+    if out_file is not None:
+        curves.draw_picture(found, out_file, x, bits)
+        err.print(f"wrote {escape(str(out_file))}")
+    else:
+        sys.stdout.write(curves.draw_terminal(found, x, bits) + "\n")
     return 0
 
 
@@ -589,6 +668,7 @@ class TrainDisplay:
         table.add_row("steps", f"{result.step:,}")
         table.add_row("time", f"{result.elapsed:,.1f} s")
         table.add_row("checkpoints", escape(f"{result.run_dir}/best.pt, {result.run_dir}/last.pt"))
+        table.add_row("loss curve", escape(shlex.join(["charrnn", "plot", str(result.run_dir)])))
         self.console.print(table)
 
 

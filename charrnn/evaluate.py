@@ -41,11 +41,17 @@ class EvalResult:
         return math.exp(self.nats_per_char)
 
 
-def _score(model: CharRNN, x: np.ndarray, y: np.ndarray, state: State | None, device, dtype) -> tuple[float, State]:
+def _score(
+    model: CharRNN, x: np.ndarray, y: np.ndarray, state: State | None, device, dtype, each: bool = False
+) -> tuple[float | np.ndarray, State]:
+    """Total nats of the window, or with `each` the (S, W) nats of every target."""
     xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.int64)).to(device)  # (S, W)
     yt = torch.from_numpy(np.ascontiguousarray(y, dtype=np.int64)).to(device)  # (S, W)
     with autocast(device, dtype):
         logits, state = model(xt, state)  # (S, W, V)
+    if each:
+        nats = F.cross_entropy(logits.float().flatten(0, 1), yt.flatten(), reduction="none")  # (S*W,)
+        return nats.view(yt.shape).double().cpu().numpy(), state  # (S, W)
     nats = F.cross_entropy(logits.float().flatten(0, 1), yt.flatten(), reduction="sum")
     return float(nats), state
 
@@ -59,8 +65,12 @@ def evaluate(
     streams: int = EVAL_STREAMS,
     window: int = EVAL_WINDOW,
     should_stop: Callable[[], bool] | None = None,
+    keep: np.ndarray | None = None,
 ) -> EvalResult | None:
-    """One stateful pass; None if `should_stop` said so part-way (a Ctrl-C during a long validation)."""
+    """One stateful pass; None if `should_stop` said so part-way (a Ctrl-C during a long validation).
+
+    `keep`, a (K,) float64 array: filled with the nats of ids[1 : K + 1], each character's own share of
+    the total (what `eval --show` colours by), from the very same pass, so they sum to what it reports."""
     device = torch.device(device)
     n = len(ids)
     if n < 2:
@@ -79,23 +89,36 @@ def evaluate(
                 return None
             w = min(window, length - t)
             chunk = np.stack([ids[s + t : s + t + w + 1] for s in starts])  # (S, w + 1)
-            nats, state = _score(model, chunk[:, :-1], chunk[:, 1:], state, device, dtype)
+            nats, state = _score(model, chunk[:, :-1], chunk[:, 1:], state, device, dtype, keep is not None)
+            if keep is not None:
+                for s, row in zip(starts, nats):  # targets s+t+1 .. s+t+w are keep[s+t .. s+t+w-1]
+                    lo, hi = s + t, min(s + t + w, len(keep))
+                    if lo < hi:
+                        keep[lo:hi] = row[: hi - lo]
+                nats = float(nats.sum())
             total += nats
         tail = n - 1 - rows * length
         if tail:
             last = tuple(s[:, -1:].contiguous() for s in state)  # (layers, 1, H): the last row goes on
             rest = np.asarray(ids[rows * length : n])[None]  # (1, tail + 1)
-            nats, _ = _score(model, rest[:, :-1], rest[:, 1:], last, device, dtype)
+            nats, _ = _score(model, rest[:, :-1], rest[:, 1:], last, device, dtype, keep is not None)
+            if keep is not None:
+                lo, hi = rows * length, min(n - 1, len(keep))
+                if lo < hi:
+                    keep[lo:hi] = nats[0, : hi - lo]
+                nats = float(nats.sum())
             total += nats
         return EvalResult(chars=n - 1, nats=total)
     finally:
         model.train(was_training)
 
 
-def evaluate_checkpoint(path, file=None, device: str = "auto", warn=lambda message: None) -> dict:
+def evaluate_checkpoint(path, file=None, device: str = "auto", warn=lambda message: None, show: int = 0) -> dict:
     """`charrnn eval`: score FILE, or the validation split of the run's own corpus, with a checkpoint.
 
-    Characters the model has never seen cannot be scored; they are skipped and counted.
+    Characters the model has never seen cannot be scored; they are skipped and counted. With `show`, the
+    report also holds "shown": the first `show` + 1 ids, the nats of each after the first, and the model
+    and vocabulary (for `eval --show`); the totals still cover the whole text.
     """
     from pathlib import Path
 
@@ -113,12 +136,17 @@ def evaluate_checkpoint(path, file=None, device: str = "auto", warn=lambda messa
             label = str(file)
         else:
             ids, skipped, label = _validation_split(ckpt, path, vocab, Path(tmp) / "ids.bin", warn)
+        keep = np.full(max(0, min(show, len(ids) - 1)), np.nan) if show else None  # (K,)
         try:  # evaluate refuses fewer than 2 known characters
-            result = evaluate(model, ids, dev, pick_dtype("auto", dev))
+            result = evaluate(model, ids, dev, pick_dtype("auto", dev), keep=keep)
+            head = np.asarray(ids[: len(keep) + 1]) if keep is not None else None
         finally:
             if isinstance(ids, data.IdFile):
                 ids.close()
+    total = (result.chars, result.nats)
+    shown = {"shown": {"ids": head, "nats": keep, "model": model, "vocab": vocab, "total": total}} if show else {}
     return {
+        **shown,
         "text": label,
         "chars": result.chars,
         "nats_per_char": result.nats_per_char,
