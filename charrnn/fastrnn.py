@@ -20,9 +20,10 @@ from charrnn.errors import CharRNNError
 from charrnn.vocab import Vocab
 
 
-def generate(rnn: FastRNN, vocab: Vocab, cfg: SampleConfig) -> Iterator[list[str]]:
+def generate(rnn: Any, vocab: Vocab, cfg: SampleConfig) -> Iterator[list[str]]:
     """Warm on cfg.prime (characters not in vocab are skipped), then yield, once per generated step, a list
-    of cfg.num characters (one per independent sample), cfg.length times."""
+    of cfg.num characters (one per independent sample), cfg.length times. `rnn`: a FastRNN, or anything
+    with its warm(ids, num) -> logits and step(ids) -> logits (sample.py's torch stepper)."""
     if cfg.length == 0:
         return
     logits = rnn.warm(prime_ids(vocab, cfg.prime), cfg.num)  # (N, V)

@@ -37,7 +37,7 @@ def generate(model: CharRNN, vocab: Vocab, cfg: SampleConfig) -> Iterator[list[s
     on_cpu = _device(model).type == "cpu"  # numpy cannot reach GPU memory: there, step the model where it lives
     if on_cpu and not model.adaptive:  # FastRNN has no adaptive softmax: torch computes its exact log-probs
         return fastrnn.generate(fast_rnn(model), vocab, cfg)
-    return _loop(model, vocab, cfg)
+    return fastrnn.generate(_TorchStepper(model), vocab, cfg)
 
 
 def numpy_weights(model: CharRNN) -> dict[str, np.ndarray]:
@@ -56,33 +56,20 @@ def naive_generate(model: CharRNN, vocab: Vocab, cfg: SampleConfig) -> Iterator[
     speed on CPU.
     """
     _check_vocab(model, vocab)
-    return _loop(model, vocab, cfg)
-
-
-def _loop(model: CharRNN, vocab: Vocab, cfg: SampleConfig) -> Iterator[list[str]]:
-    """Warm on the prime with the model's own forward, then draw and feed back, one model call a character."""
-    if cfg.length == 0:
-        return
-    logits, state = warm(model, prime_ids(vocab, cfg.prime), cfg.num)
-    rnn = _TorchStepper(model)
-    rnn.reset(state)
-    sample = Sampler(cfg, len(vocab))
-    chars = vocab.chars
-    for t in range(cfg.length):
-        ids = sample(logits)  # (N,)
-        yield [chars[i] for i in ids.tolist()]
-        if t + 1 < cfg.length:  # the last character's logits would never be used
-            logits = rnn.step(ids)  # (N, V)
+    return fastrnn.generate(_TorchStepper(model), vocab, cfg)
 
 
 class _TorchStepper:
-    """One ``model(ids, state)`` call per character, on the model's own device: the reference loop."""
+    """One ``model(ids, state)`` call per character, on the model's own device: the reference loop. It
+    warms on the prime with the model's own forward in one call; the loop around it is fastrnn's."""
 
     def __init__(self, model: CharRNN) -> None:
         self.model, self.device = model, _device(model)
+        self.state: State | None = None
 
-    def reset(self, state: State) -> None:
-        self.state = state
+    def warm(self, ids: np.ndarray, num: int) -> np.ndarray:
+        logits, self.state = warm(self.model, ids, num)  # (num, V), (L, num, H) each
+        return logits
 
     def step(self, ids: np.ndarray) -> np.ndarray:
         x = torch.as_tensor(ids, device=self.device).view(-1, 1)  # (N, 1)
