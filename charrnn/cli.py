@@ -333,6 +333,12 @@ def sample(
     ] = "text",
     device: Annotated[str, typer.Option(help="cpu (fastest for a few streams), cuda, mps or auto.")] = "cpu",
     threads: ThreadsOpt = None,
+    check_copy: Annotated[
+        bool,
+        typer.Option(
+            "--check-copy", help="Report how much of each sample appears verbatim in the training text (stderr)."
+        ),
+    ] = False,
 ) -> int:
     """Generate text from a trained model, streaming it to stdout. `--prime -` reads the prime from stdin."""
     import secrets
@@ -363,14 +369,19 @@ def sample(
         texts = [t for t, _ in model.beam(cfg.length, beam, cfg.prime, cfg.num, stops, keep_stop)]
     elif cfg.num == 1 and output_format == "text":  # one sample: stream it as it comes
         stream.write(echo)
+        text = ""
         for piece in model.stream(**draw, stop=stops, keep_stop=keep_stop):
             stream.write(piece)
             stream.flush()  # to a terminal or a pipe (`| tee`): ~1 us a character
+            text += piece
         stream.write("\n")
         stream.flush()
+        if check_copy:
+            _report_copies([text], model)
         return 0
     else:
         texts = model.sample(**draw, num=cfg.num, stop=stops, keep_stop=keep_stop)
+    copies = _report_copies(texts, model, quiet=output_format == "jsonl") if check_copy else []
     if output_format == "jsonl":
         settings = {
             "temp": cfg.temp,
@@ -383,6 +394,7 @@ def sample(
         }
         for i, text in enumerate(texts):
             row = {
+                **({"copy": copies[i].as_dict()} if copies else {}),
                 "sample": i + 1,
                 "text": text,
                 "prime": echo,
@@ -398,6 +410,24 @@ def sample(
             stream.write(f"{'' if i == 1 else chr(10)}=== sample {i}/{len(texts)} ===\n{echo}{text}\n")
     stream.flush()
     return 0
+
+
+def _report_copies(texts: list[str], model: Any, quiet: bool = False) -> list[Any]:
+    """--check-copy: how much of each sample the model copied from its training text (on stderr)."""
+    from charrnn import copycheck
+
+    corpora = [copycheck.CorpusIndex(p) for p in copycheck.training_files(model.info.get("corpus_files") or [])]
+    copies = [copycheck.check(t, corpora) for t in texts]
+    for i, c in enumerate(copies):
+        if quiet:
+            break
+        where = f"sample {i + 1}: " if len(texts) > 1 else ""
+        span = f": {escape(repr(c.span[:80]))}{'...' if len(c.span) > 80 else ''}" if c.longest else ""
+        err.print(
+            f"[dim]copy check: {where}longest span found verbatim in the training text {c.longest} characters"
+            f"{span}; {c.share:.0%} of its {c.windows} {copycheck.WINDOW}-character windows appear there[/]"
+        )
+    return copies
 
 
 def _read_prime(prime: str | None, prime_file: Path | None) -> str | None:

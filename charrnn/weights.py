@@ -60,6 +60,8 @@ def for_checkpoint(checkpoint: Path) -> Weights | None:
         found = read(path)
     except CharRNNError:
         return None  # unreadable: it is rewritten from the checkpoint
+    if "corpus_files" not in found.info:  # written before it recorded the training files: made again
+        return None
     return found if found.checkpoint_sha256 == digest(checkpoint) else None
 
 
@@ -128,6 +130,9 @@ def info_of(ckpt: Mapping) -> dict:
         "best_val": ckpt.get("best_val"),
         "corpus": Path(corpus.get("path", "")).name or None,
         "files": [Path(f["path"]).name for f in ckpt.get("files") or ([corpus] if corpus else [])],
+        "corpus_files": [  # as recorded (paths on the training machine), for the copy check
+            {"path": f["path"], "size": f.get("size")} for f in ckpt.get("files") or ([corpus] if corpus else [])
+        ],
         "init": ckpt.get("init"),
         "sizing": ckpt.get("sizing") or None,
     }
