@@ -469,6 +469,13 @@ def eval_(
     show_chars: Annotated[
         int, typer.Option(help="Characters shown by --show and --html; the totals cover the whole text.")
     ] = 2000,
+    cell: Annotated[
+        Optional[str],
+        typer.Option(help="LAYER:UNIT (layer from 1): colour the text by that hidden unit's value instead."),
+    ] = None,
+    cell_kind: Annotated[
+        Optional[str], typer.Option(help="c (an LSTM's cell state) or h (its output). (default: c, else h)")
+    ] = None,
 ) -> int:
     """Score a text: nats/char, bits/char and perplexity; --show colours it by what surprised the model."""
     from charrnn import checkpoint as ckpt_io
@@ -477,7 +484,8 @@ def eval_(
     if show_chars < 2:
         raise CharRNNError(f"--show-chars must be at least 2, got {show_chars}")
     path = ckpt_io.resolve(checkpoint)
-    view = show or html_out is not None
+    where = _parse_cell(cell) if cell is not None else None
+    view = show or html_out is not None or where is not None
     report = evaluate_checkpoint(
         path,
         file,
@@ -486,7 +494,9 @@ def eval_(
         show=show_chars - 1 if view else 0,
     )
     shown = report.pop("shown", None)
-    if shown is not None:
+    if where is not None:
+        _show_cell(shown, report, where, cell_kind, html_out)
+    elif shown is not None:
         _show(shown, report, show, html_out)
     if as_json:
         out.print_json(json.dumps(report))
@@ -497,6 +507,48 @@ def eval_(
         table.add_row(key.replace("_", " "), f"{value:,}" if isinstance(value, int) else f"{value:.4f}")
     out.print(table)
     return 0
+
+
+def _parse_cell(spec: str) -> tuple[int, int]:
+    try:
+        layer, unit = (int(x) for x in spec.split(":"))
+    except ValueError:
+        raise CharRNNError(f"--cell takes LAYER:UNIT, for example 1:37 (layers count from 1), got {spec!r}") from None
+    return layer, unit
+
+
+def _write_page(path: Path, page: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_text(page, encoding="utf-8")
+        tmp.replace(path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise CharRNNError(f"could not write {path}: {e.strerror or e}") from None
+    err.print(f"wrote {escape(str(path))}")
+
+
+def _show_cell(shown: dict, report: dict, where: tuple[int, int], kind: str | None, html_out: Path | None) -> None:
+    """--cell LAYER:UNIT: the text coloured by one hidden unit's value after each character."""
+    from charrnn import insight, render
+
+    model = shown["model"]
+    layer, unit = where
+    states = insight.unit_states(model, shown["ids"])
+    kind = kind or ("c" if "c" in states else "h")
+    if kind not in states:
+        raise CharRNNError(f"--cell-kind {kind}: a {model.cfg.model.upper()} has only h (c is an LSTM's cell state)")
+    if not (1 <= layer <= model.cfg.layers and 0 <= unit < model.cfg.hidden):
+        raise CharRNNError(
+            f"--cell {layer}:{unit} is outside the model: layers 1-{model.cfg.layers}, units 0-{model.cfg.hidden - 1}"
+        )
+    text = shown["vocab"].decode(shown["ids"])
+    values = states[kind][:, layer - 1, unit]  # (n,)
+    title = f"{report['text']}: unit {layer}:{unit} ({kind}) of {report['checkpoint']}"
+    if html_out is not None:
+        _write_page(html_out, render.cell_page(text, values, title))
+    else:
+        out.print(render.cell_terminal(text, values, title))
 
 
 def _show(shown: dict, report: dict, terminal: bool, html_out: Path | None) -> None:
@@ -514,14 +566,46 @@ def _show(shown: dict, report: dict, terminal: bool, html_out: Path | None) -> N
     if terminal:
         out.print(render.terminal(view, title))
     if html_out is not None:
-        tmp = html_out.with_name(f".{html_out.name}.tmp")
-        try:
-            tmp.write_text(render.page(view, title), encoding="utf-8")
-            tmp.replace(html_out)
-        except OSError as e:
-            tmp.unlink(missing_ok=True)
-            raise CharRNNError(f"could not write {html_out}: {e.strerror or e}") from None
-        err.print(f"wrote {escape(str(html_out))}")
+        _write_page(html_out, render.page(view, title))
+
+
+@app.command(cls=_Command)
+def cells(
+    file: Annotated[Path, typer.Argument(help="Text to read the model's units on.")],
+    checkpoint: CheckpointOpt = None,
+    show_chars: Annotated[int, typer.Option(help="Characters of FILE to read (from its start).")] = 5000,
+    top: Annotated[int, typer.Option(help="Units shown for each property.")] = 3,
+) -> int:
+    """Rank hidden units by how well they track inside quotes, inside brackets, position in the line and the
+    start of a word; show each with a coloured excerpt (view one whole with `eval FILE --cell L:U`)."""
+    from charrnn import checkpoint as ckpt_io
+    from charrnn import insight, render
+    from charrnn.evaluate import evaluate_checkpoint
+
+    if show_chars < 20:
+        raise CharRNNError(f"--show-chars must be at least 20, got {show_chars}")
+    path = ckpt_io.resolve(checkpoint)
+    shown = evaluate_checkpoint(path, file, "cpu", show=show_chars - 1)["shown"]
+    text = shown["vocab"].decode(shown["ids"])
+    states = insight.unit_states(shown["model"], shown["ids"])
+    ranked = insight.rank_cells(states, text, top)
+    if not ranked:
+        raise CharRNNError(f"{file}: none of the properties varies in its first {show_chars} characters")
+    table = Table(title=escape(f"units of {path} that track properties of {file}"), show_lines=True)
+    for column in ("property", "unit", "correlation", "excerpt (blue: negative, red: positive)"):
+        table.add_column(column)
+    excerpt = slice(0, min(len(text), 160))
+    for name, found in ranked.items():
+        for c in found:
+            values = states[c.kind][:, c.layer - 1, c.unit]
+            table.add_row(
+                name,
+                f"{c.layer}:{c.unit} ({c.kind})",
+                f"{c.corr:+.3f}",
+                render.cell_text(text[excerpt], values[excerpt]),
+            )
+    out.print(table)
+    return 0
 
 
 @app.command(cls=_Command)

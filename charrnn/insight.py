@@ -58,3 +58,85 @@ def hardest_words(view: CharView, k: int = 10) -> list[tuple[int, int, float]]:
         if len(bits):
             spans.append((m.start(), m.end(), float(bits.sum())))
     return sorted(spans, key=lambda s: -s[2])[:k]
+
+
+# ---- cells: what single hidden units track ----------------------------------------------------------------
+
+
+def unit_states(model: CharRNN, ids: np.ndarray) -> dict[str, np.ndarray]:
+    """Every unit's value after each character: {"h": (n, L, H)} and, for an LSTM, {"c": (n, L, H)} too."""
+    from charrnn.sample import fast_rnn
+
+    rnn = fast_rnn(model, backend="numpy")
+    rnn.reset_zero(1)
+    L, H = model.cfg.layers, model.cfg.hidden
+    hs, cs = np.empty((len(ids), L, H), np.float32), np.empty((len(ids), L, H), np.float32)
+    for t, i in enumerate(np.asarray(ids, dtype=np.int64)):
+        rnn.step(np.array([i]))
+        hs[t] = rnn.h.reshape(L, H)
+        if rnn.c is not None:
+            cs[t] = rnn.c[:, 0]
+    return {"h": hs, "c": cs} if model.cfg.model == "lstm" else {"h": hs}
+
+
+def _inside(text: str, opens: str, closes: str) -> np.ndarray:
+    """1 after a character that leaves the text inside a pair (quotes: the same character opens and closes)."""
+    out, depth = np.zeros(len(text)), 0
+    for t, c in enumerate(text):
+        if opens == closes and c == opens:
+            depth = 1 - depth
+        elif c in opens:
+            depth += 1
+        elif c in closes:
+            depth = max(0, depth - 1)
+        out[t] = depth > 0
+    return out
+
+
+def _line_position(text: str) -> np.ndarray:
+    out, col = np.zeros(len(text)), 0
+    for t, c in enumerate(text):
+        col = 0 if c == "\n" else col + 1
+        out[t] = col
+    return out
+
+
+def _word_start(text: str) -> np.ndarray:
+    """1 after a space or line break: where the next character starts a word."""
+    return np.array([c in " \n\t" for c in text], dtype=float)
+
+
+PROPERTIES = {
+    "inside quotes": lambda text: _inside(text, '"', '"'),
+    "inside brackets": lambda text: _inside(text, "([{", ")]}"),
+    "position in the line": _line_position,
+    "start of a word": _word_start,
+}
+
+
+@dataclass(frozen=True)
+class Cell:
+    kind: str  # "h" or "c"
+    layer: int  # 1-based, as --cell LAYER:UNIT takes it
+    unit: int  # 0-based
+    corr: float  # Pearson correlation of its value with the property, over the text
+
+
+def rank_cells(states: dict[str, np.ndarray], text: str, top: int = 3) -> dict[str, list[Cell]]:
+    """For each property that varies in `text`, the `top` units whose value correlates with it most
+    (by absolute correlation; a negative one tracks it as well, with the sign flipped)."""
+    out: dict[str, list[Cell]] = {}
+    for name, feature in PROPERTIES.items():
+        y = feature(text)  # (n,)
+        if y.std() == 0:
+            continue  # the text has no quotes, say: nothing to track
+        y = (y - y.mean()) / y.std()
+        found = []
+        for kind, s in states.items():
+            x = s.reshape(len(text), -1).astype(np.float64)  # (n, L*H)
+            sd = x.std(axis=0)
+            corr = np.where(sd > 1e-9, ((x - x.mean(axis=0)) * y[:, None]).mean(axis=0) / np.maximum(sd, 1e-12), 0)
+            H = s.shape[2]
+            found += [Cell(kind, j // H + 1, j % H, float(corr[j])) for j in np.argsort(-np.abs(corr))[:top]]
+        out[name] = sorted(found, key=lambda c: -abs(c.corr))[:top]
+    return out

@@ -92,3 +92,60 @@ probability and the model's top guesses. Showing the first {len(view.text):,} ch
 <h2>Most surprising words</h2><ol>{words}</ol>
 </body></html>
 """
+
+
+# ---- one hidden unit along the text: blue where it is negative, red where positive -----------------------
+
+DIVERGING = [  # (terminal style, page colour) from -1 to +1
+    ("white on blue", "#3b6fd8"),
+    ("black on bright_blue", "#8fb0ee"),
+    ("black on cyan", "#d3e0f8"),
+    ("default", "#ffffff"),
+    ("black on yellow", "#f8d9d3"),
+    ("black on bright_red", "#ee9a8f"),
+    ("white on red", "#d84a3b"),
+]
+
+
+def _level(v: float, scale: float) -> int:
+    x = max(-1.0, min(1.0, v / scale)) if scale > 0 else 0.0
+    return int(round((x + 1) / 2 * (len(DIVERGING) - 1)))
+
+
+def cell_text(text: str, values: np.ndarray) -> Text:
+    scale = float(np.abs(values).max()) or 1.0
+    out = Text()
+    for c, v in zip(text, values):
+        out.append(_visible(c) if c in "\n\t" else c, style=DIVERGING[_level(float(v), scale)][0])
+    return out
+
+
+def cell_terminal(text: str, values: np.ndarray, title: str) -> Group:
+    scale = float(np.abs(values).max()) or 1.0
+    legend = Text("unit value: ")
+    for i, (style, _) in enumerate(DIVERGING):
+        legend.append(f" {-scale + 2 * scale * i / (len(DIVERGING) - 1):+.2f} ", style=style)
+    return Group(Text(title, style="bold"), cell_text(text, values), Text(""), legend)
+
+
+def cell_page(text: str, values: np.ndarray, title: str) -> str:
+    """The unit's value along the text as one standalone page: one <span> per character, value on hover."""
+    scale = float(np.abs(values).max()) or 1.0
+    css = "\n".join(f".v{i} {{ background: {colour}; }}" for i, (_, colour) in enumerate(DIVERGING))
+    spans = "".join(
+        f'<span class="v{_level(float(v), scale)}" title="{float(v):+.4f}">{html.escape(c)}</span>'
+        for c, v in zip(text, values)
+    )
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>
+body {{ font-family: sans-serif; margin: 2em; color: #222; }}
+#text {{ font-family: monospace; font-size: 15px; line-height: 1.5; white-space: pre-wrap; }}
+{css}
+</style></head><body>
+<h1>{html.escape(title)}</h1>
+<p>Blue: negative, red: positive (scaled to the largest magnitude shown, {scale:.3f}). Hover a character
+for the unit's value after reading it.</p>
+<div id="text">{spans}</div>
+</body></html>
+"""
