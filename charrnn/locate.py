@@ -24,10 +24,12 @@ def newest_run(root: Path = RUNS_DIR) -> Path | None:
 
 
 def resolve(spec: Path | str | None, root: Path = RUNS_DIR) -> Path:
-    """--checkpoint as given (a file, or a run folder meaning its best.pt), else the newest run, else
-    the model bundled with the package."""
+    """--checkpoint as given (a file, a run folder meaning its best.pt, or `bundled`), else the newest
+    run, else the model bundled with the package."""
     if spec is not None:
         p = Path(spec)
+        if str(spec) == "bundled" and not p.exists():
+            return BUNDLED
         if p.is_dir():
             for name in ("best.pt", "last.pt"):
                 if (p / name).is_file():

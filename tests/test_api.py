@@ -50,6 +50,9 @@ def test_info_says_what_the_model_is(tiny_run):
     assert info["shape"] == "lstm 2x32" and info["corpus"] == "tiny.txt" and info["steps"] == 40
     assert info["best_val"] is not None and set(info["vocab"]) == set(make_text())
     assert "lstm 2x32" in repr(model)
+    from charrnn import checkpoint
+
+    assert checkpoint.resolve("bundled") == checkpoint.BUNDLED  # --checkpoint bundled, for every command
     bundled = charrnn.load("bundled")
     assert bundled.info["corpus"] == "shakespeare.txt" and len(bundled.sample(20, seed=0)) == 20
 
