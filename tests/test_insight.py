@@ -9,6 +9,7 @@ import math
 from html.parser import HTMLParser
 
 import numpy as np
+import pytest
 from conftest import make_text
 
 from charrnn import checkpoint
@@ -79,3 +80,51 @@ def test_show_in_the_terminal_with_a_legend_and_the_hardest_words(tiny_run, tmp_
     assert "vkyvkyvkyvk" in out.split("most surprising words")[1]
     code, out, _ = run_cli("eval", tmp_path / "t.txt", "-c", tiny_run.run_dir, "--show", "--show-chars", 1)
     assert code == 1
+
+
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--hide-scrollbars",
+    "--window-size=1000,700",
+]
+
+
+@pytest.mark.slow
+def test_the_page_renders_in_a_real_browser(tiny_run, tmp_path, run_cli):
+    """Debian's Chromium, headless, takes a screenshot of the page: it must show the coloured text, not a
+    blank page (install it with `apt-get install chromium`)."""
+    import shutil
+    import subprocess
+
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.skip("no Chromium on this machine (apt-get install chromium)")
+    image = pytest.importorskip("matplotlib.image")
+    (tmp_path / "t.txt").write_text(make_text(3_000, seed=8), encoding="utf-8")
+    code, _, err = run_cli("eval", tmp_path / "t.txt", "-c", tiny_run.run_dir, "--html", tmp_path / "v.html")
+    assert code == 0, err
+    shot = tmp_path / "shot.png"
+    subprocess.run(
+        [
+            browser,
+            *CHROMIUM_FLAGS,
+            f"--user-data-dir={tmp_path / 'profile'}",
+            f"--screenshot={shot}",
+            (tmp_path / "v.html").as_uri(),
+        ],
+        capture_output=True,
+        timeout=120,
+        check=True,
+    )
+    pixels = image.imread(shot)[..., :3]  # (H, W, 3) in [0, 1]
+    assert pixels.std() > 0.05  # not blank
+    for colour in ("#d9f2d0", "#fbeeb0"):  # surprisal bands 1-2 and 2-4 bits: the text really is coloured
+        rgb = np.array([int(colour[i : i + 2], 16) / 255 for i in (1, 3, 5)])
+        assert (np.abs(pixels - rgb).max(axis=-1) < 0.02).sum() > 200, colour
