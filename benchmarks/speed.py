@@ -129,6 +129,23 @@ def matvec_bound(model: CharRNN, repeats: int, steps: int = 2000) -> float:
     return steps / median_time(products, repeats)
 
 
+def smaller_weights(model: CharRNN, repeats: int) -> dict:
+    """The same matrix-vector products with the weights in fp16 and int8, as numpy would run them: smaller
+    weights only pay where a kernel reads them at full speed, and numpy has BLAS for fp32/fp64 alone."""
+    rnn = fast_rnn(model, backend="numpy")
+    out = {}
+    for dtype, steps in (("float32", 500), ("float16", 20), ("int8", 50)):
+        maps = [(w.astype(dtype), np.ones((1, w.shape[1]), dtype)) for w, _, _, _ in rnn.maps]
+
+        def products(maps=maps, steps=steps) -> None:
+            for _ in range(steps):
+                for w, x in maps:
+                    np.matmul(x, w.T)
+
+        out[dtype] = round(steps / median_time(products, repeats))
+    return out
+
+
 def first_char_seconds(ckpt: str, repeats: int) -> float:
     """Launch to the first sampled character of `charrnn sample`, measured from outside the process."""
     times = []
@@ -261,6 +278,10 @@ def sampling(result: dict, repeats: int, tmp: Path, quick: bool) -> None:
             rate = sample_rate(model, num, 2000 if num == 1 else 500, repeats)
             result["sample"][f"lstm2x{hidden}/num{num}"] = round(rate)
             print(f"  lstm 2x{hidden} --num {num:2d}: {rate:>9,.0f} chars/s", flush=True)
+        if hidden == 512:
+            small = smaller_weights(model, repeats)
+            result["sample"]["lstm2x512/matvec_steps_per_s_by_dtype"] = small
+            print(f"  lstm 2x512 matrix-vector steps/s by weight type (numpy): {small}", flush=True)
         one = result["sample"][f"lstm2x{hidden}/num1"]
         result["sample"][f"lstm2x{hidden}/num1_of_bound"] = round(one / bound, 3)
         print(
