@@ -22,6 +22,8 @@ from charrnn.errors import CharRNNError
 if TYPE_CHECKING:  # torch is imported only when a model is used
     from charrnn.evaluate import EvalResult
     from charrnn.loop import TrainResult
+    from charrnn.model import CharRNN
+    from charrnn.weights import Weights
 
 
 class Model:
@@ -55,12 +57,11 @@ class Model:
             **found.info,
         }
 
-    def _from_checkpoint(self):  # noqa: ANN202 - a weights.Weights
+    def _from_checkpoint(self) -> Weights:
         """Load the .pt through torch, and leave the weights file beside it for next time (when the folder
         is writable: a model in a read-only place still samples, only slower to start)."""
         from charrnn import checkpoint, weights
         from charrnn.devices import pick_device
-        from charrnn.errors import CharRNNError as Error
         from charrnn.sample import numpy_weights
 
         ckpt = checkpoint.load(self.path)
@@ -69,12 +70,13 @@ class Model:
         if self.device == "cpu":
             try:
                 checkpoint.write_weights(ckpt, self.path)
-            except (Error, OSError):
+            except (CharRNNError, OSError):
                 pass
         return weights.Weights(numpy_weights(self._net), self._net.cfg, vocab, self.path, weights.info_of(ckpt), "")
 
     @property
-    def net(self):  # noqa: ANN201 - the torch CharRNN, built on first use
+    def net(self) -> CharRNN:
+        """The torch model, built on first use (beam search, scoring, a GPU)."""
         if self._net is None:
             import torch
 
