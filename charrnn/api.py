@@ -55,7 +55,9 @@ class Model:
             "shape": f"{self.cfg.model} {self.cfg.layers}x{self.cfg.hidden}",
             "vocab": self.vocab.chars,
             **found.info,
+            "files": [Path(f["path"]).name for f in found.info.get("corpus_files", [])],
         }
+        self._scorer: Any = None  # a FastRNN for mean_nats, built once: rearranging the weights is the cost
 
     def _from_checkpoint(self) -> Weights:
         """Load the .pt through torch, and leave the weights file beside it for next time (when the folder
@@ -200,7 +202,8 @@ class Model:
         if len(ids) < 2:
             return None
         if self._numpy:
-            return fastrnn.mean_nats(fastrnn.FastRNN(self.cfg, self._weights), ids)
+            self._scorer = self._scorer or fastrnn.FastRNN(self.cfg, self._weights)
+            return fastrnn.mean_nats(self._scorer, ids)
         return nats_per_char(self.net, self.vocab, text)
 
     def score(self, text: str) -> EvalResult:
@@ -220,9 +223,7 @@ def load(path_or_run: str | os.PathLike | None = None, device: str = "cpu") -> M
     the newest run under ./checkpoints, else the model bundled with charrnn."""
     from charrnn import locate
 
-    if path_or_run is not None and str(path_or_run) == "bundled":
-        return Model(locate.BUNDLED, device)
-    return Model(locate.resolve(None if path_or_run is None else Path(path_or_run)), device)
+    return Model(locate.resolve(path_or_run), device)
 
 
 MODEL_FLAGS = {f.name for f in fields(ModelConfig)} - {"vocab_size"}

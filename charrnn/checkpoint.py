@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from charrnn import weights
+from charrnn import data, weights
 from charrnn.config import ModelConfig, from_dict
 from charrnn.errors import CharRNNError
 from charrnn.locate import BUNDLED, RUNS_DIR, newest_run, resolve
@@ -55,12 +55,13 @@ def save(payload: dict[str, Any], path: Path, weights_file: bool = True) -> None
         write_weights(payload, path)
 
 
-def write_weights(ckpt: dict[str, Any], path: Path) -> Path:
-    """The weights file for the checkpoint `ckpt` saved at `path` (a sampler that needs no torch)."""
-    out = weights.beside(path)
+def write_weights(ckpt: dict[str, Any], path: Path, out: Path | None = None) -> Path:
+    """The weights file for the checkpoint `ckpt` saved at `path` (a sampler that needs no torch), beside
+    it or at `out` (charrnn export); either way tied to that checkpoint by its hash."""
+    out = weights.beside(path) if out is None else Path(out)
     tensors = {k: v.detach().to("cpu", torch.float32).numpy() for k, v in ckpt["model"].items()}
     cfg = from_dict(ModelConfig, ckpt["model_config"])
-    weights.write(out, tensors, cfg, ckpt["vocab"], weights.info_of(ckpt), weights.digest(path))
+    weights.write(out, tensors, cfg, ckpt["vocab"], weights.info_of(ckpt), data.file_digest(path))
     return out
 
 

@@ -518,13 +518,9 @@ def _parse_cell(spec: str) -> tuple[int, int]:
 
 
 def _write_page(path: Path, page: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        tmp.write_text(page, encoding="utf-8")
-        tmp.replace(path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise CharRNNError(f"could not write {path}: {e.strerror or e}") from None
+    from charrnn.atomic import replace_with
+
+    replace_with(path, lambda tmp: tmp.write_text(page, encoding="utf-8"))
     err.print(f"wrote {escape(str(path))}")
 
 

@@ -11,7 +11,6 @@ appear somewhere, but not together, is never reported as copied. Imports no torc
 from __future__ import annotations
 
 import mmap
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +18,9 @@ from pathlib import Path
 import numpy as np
 
 from charrnn import data
+from charrnn.atomic import replace_with
 from charrnn.errors import CharRNNError
+from charrnn.locate import training_file
 
 WINDOW = 20  # characters: long enough that a match is a copy, not a common phrase
 BASE = np.uint64(0x100000001B3)  # odd, so the rolling hash mixes every character in
@@ -65,9 +66,7 @@ class CorpusIndex:
         index = folder / f"windows{WINDOW}-v{INDEX_FORMAT}.u64"
         if not index.exists():
             folder.mkdir(parents=True, exist_ok=True)
-            tmp = index.with_name(f"{index.name}.tmp-{os.getpid()}")
-            np.sort(_hashes(corpus.ids)).tofile(tmp)
-            os.replace(tmp, index)
+            replace_with(index, np.sort(_hashes(corpus.ids)).tofile)
         self.sorted = np.memmap(index, dtype=np.uint64, mode="r") if index.stat().st_size else np.zeros(0, np.uint64)
 
     def contains(self, hashes: np.ndarray) -> np.ndarray:
@@ -88,14 +87,10 @@ class CorpusIndex:
 def training_files(recorded: Sequence[dict]) -> list[Path]:
     """The model's training files on this machine: where they were recorded, or, for a model that records
     its corpus by name (the bundled one), the copy that ships with charrnn."""
-    here = Path(__file__).parent
     found = []
     for f in recorded:
-        where = Path(f["path"])
-        for shipped in (here / "corpora" / where.name, here.parent / "corpora" / where.name):  # wheel, source tree
-            if not where.is_file() and shipped.is_file() and shipped.stat().st_size == f.get("size"):
-                where = shipped
-        if not where.is_file():
+        where = training_file(f["path"], f.get("size"))
+        if where is None:
             raise CharRNNError(
                 f"the model's training text {f['path']} is not on this machine, so --check-copy cannot compare "
                 "against it (sample on the machine that trained it, or put the file back)"

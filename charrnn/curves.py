@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from charrnn.atomic import replace_with
 from charrnn.errors import CharRNNError
 
 PICTURES = (".png", ".svg", ".pdf")
@@ -106,12 +107,7 @@ def draw_picture(curves: Sequence[Curve], out: Path, x: str = "steps", bits: boo
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    tmp = out.with_name(f".{out.name}.tmp{out.suffix}")
     try:
-        fig.savefig(tmp)
-        tmp.replace(out)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise CharRNNError(f"could not write {out}: {e.strerror or e}") from None
+        replace_with(out, fig.savefig)
     finally:
         plt.close(fig)

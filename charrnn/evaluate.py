@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from charrnn.devices import autocast
 from charrnn.errors import CharRNNError
+from charrnn.locate import training_file
 from charrnn.model import CharRNN, State
 
 EVAL_STREAMS = 16  # Wide enough for fast matmuls, few enough that cold starts cost nothing measurable.
@@ -169,11 +170,7 @@ def _validation_split(ckpt: dict, path, vocab, scratch, warn) -> tuple[np.ndarra
         raise CharRNNError(f"{path} records no training corpus: give a FILE to score")
     if len(ckpt.get("files") or []) > 1:
         return _validation_of_files(ckpt, vocab, warn)
-    where = Path(corpus["path"])
-    here = Path(__file__).parent
-    for shipped in (here / "corpora" / where.name, here.parent / "corpora" / where.name):  # wheel, source tree
-        if not where.is_file() and shipped.is_file() and shipped.stat().st_size == corpus.get("size"):
-            where = shipped  # the bundled model records its corpus by name: it ships with the package
+    where = training_file(corpus["path"], corpus.get("size")) or Path(corpus["path"])
     if not where.is_file():
         raise CharRNNError(
             f"the run's corpus {where} is not there any more (moved or deleted): "
@@ -196,24 +193,24 @@ def _validation_split(ckpt: dict, path, vocab, scratch, warn) -> tuple[np.ndarra
 
 def _validation_of_files(ckpt: dict, vocab, warn) -> tuple[np.ndarray, int, str]:
     """The validation split of a run on several files: the last part of each, joined as in training."""
-    from pathlib import Path
-
-    from charrnn import data, dataset
+    from charrnn import dataset
     from charrnn.config import TrainConfig, from_dict
 
     cfg = from_dict(TrainConfig, ckpt.get("train_config", {}))
     if cfg.val_frac == 0:
         raise CharRNNError("the run trained with --val-frac 0, so it has no validation split: give a FILE")
     files = ckpt["files"]
-    for f in files:
-        if not Path(f["path"]).is_file():
+    paths = [training_file(f["path"], f.get("size")) for f in files]
+    for f, path in zip(files, paths):
+        if path is None:
             raise CharRNNError(
                 f"the run's corpus file {f['path']} is not there any more (moved or deleted): "
                 "give the FILE to score, e.g. `charrnn eval text.txt`"
             )
-        if f["size"] != Path(f["path"]).stat().st_size or data.file_digest(Path(f["path"])) != f["sha256"]:
+    split = dataset.load(paths, cfg.val_frac, cfg.separator)
+    for f, now in zip(files, split.files):  # read and hashed once, by the load itself
+        if now.sha256 != f["sha256"]:
             warn(f"the run's corpus file {f['path']} changed since training; scoring its current contents")
-    split = dataset.load([f["path"] for f in files], cfg.val_frac, cfg.separator)
     to_model = np.array([vocab.chars.find(c) for c in split.vocab.chars])  # (V_data,) model id, -1 if unknown
     ids = to_model[split.val]  # (N_val,)
     known = ids >= 0

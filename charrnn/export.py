@@ -10,17 +10,16 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import warnings
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from charrnn import checkpoint, weights
+from charrnn import checkpoint
+from charrnn.atomic import replace_with
 from charrnn.errors import CharRNNError
 from charrnn.model import CharRNN
-from charrnn.sample import numpy_weights
 
 FORMATS = ("onnx", "safetensors")
 ONNX_OPSET = 17
@@ -55,10 +54,8 @@ def export(source: Path, fmt: str, out: Path) -> list[Path]:
     out = Path(out)
     if out.parent and not out.parent.exists():
         raise CharRNNError(f"the folder of --out {out} does not exist (create it, or choose another --out)")
-    if fmt == "safetensors":
-        _atomic(
-            out, lambda tmp: weights.write(tmp, numpy_weights(model), model.cfg, vocab.chars, weights.info_of(ckpt))
-        )
+    if fmt == "safetensors":  # the weights file the sampler keeps beside a checkpoint, written to `out`
+        checkpoint.write_weights(ckpt, source, out)
         return [out]
     if importlib.util.find_spec("onnx") is None:
         raise CharRNNError("ONNX export needs the onnx package: pip install 'charrnn[export]'")
@@ -68,7 +65,10 @@ def export(source: Path, fmt: str, out: Path) -> list[Path]:
             "here): export it with --format safetensors"
         )
     meta = out.with_suffix(".json")
-    _atomic(out, lambda tmp: _write_onnx(model, tmp))
+    try:
+        replace_with(out, lambda tmp: _write_onnx(model, tmp))
+    except (RuntimeError, ValueError, TypeError) as e:  # what the exporter raises for what it cannot trace
+        raise CharRNNError(f"could not export to {out}: {str(e).splitlines()[0][:200]}") from None
     description = {
         "format": "charrnn-onnx-step",
         "vocab": vocab.chars,
@@ -79,7 +79,7 @@ def export(source: Path, fmt: str, out: Path) -> list[Path]:
         "layers": model.cfg.layers,
         "hidden": model.cfg.hidden,
     }
-    _atomic(meta, lambda tmp: tmp.write_text(json.dumps(description, ensure_ascii=False, indent=1), "utf-8"))
+    replace_with(meta, lambda tmp: tmp.write_text(json.dumps(description, ensure_ascii=False, indent=1), "utf-8"))
     return [out, meta]
 
 
@@ -102,15 +102,3 @@ def _write_onnx(model: CharRNN, path: Path) -> None:
             opset_version=ONNX_OPSET,
             dynamo=False,  # the TorchScript exporter: no onnxscript needed, and it knows nn.LSTM/GRU/RNN
         )
-
-
-def _atomic(path: Path, write) -> None:  # noqa: ANN001 - write(tmp_path) makes the file
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except Exception as e:
-        tmp.unlink(missing_ok=True)
-        if isinstance(e, CharRNNError):
-            raise
-        raise CharRNNError(f"could not export to {path}: {str(e).splitlines()[0][:200]}") from None

@@ -42,3 +42,17 @@ def resolve(spec: Path | str | None, root: Path = RUNS_DIR) -> Path:
     raise CharRNNError(
         f"no checkpoint found under ./{root} (train one first: `charrnn train`, or pass --checkpoint PATH)"
     )
+
+
+def training_file(recorded: str, size: int | None) -> Path | None:
+    """A training text a checkpoint recorded, where it is on this machine: at its recorded path, or, for a
+    model that records its corpus by name (the bundled one), the copy that ships with charrnn (in the
+    wheel, or in the source tree). None when it is not here."""
+    where = Path(recorded)
+    if where.is_file():
+        return where
+    here = Path(__file__).parent
+    for shipped in (here / "corpora" / where.name, here.parent / "corpora" / where.name):
+        if shipped.is_file() and shipped.stat().st_size == size:
+            return shipped
+    return None

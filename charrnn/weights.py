@@ -10,7 +10,6 @@ file stale, never wrong. Hashing a checkpoint takes milliseconds; importing torc
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Mapping
@@ -19,7 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
+from charrnn.atomic import replace_with
 from charrnn.config import ModelConfig, from_dict
+from charrnn.data import file_digest
 from charrnn.errors import CharRNNError
 from charrnn.vocab import Vocab
 
@@ -43,14 +44,6 @@ def beside(checkpoint: Path) -> Path:
     return Path(checkpoint).with_suffix(SUFFIX)
 
 
-def digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def for_checkpoint(checkpoint: Path) -> Weights | None:
     """The weights file beside a checkpoint, if there is one made from exactly that checkpoint."""
     path = beside(checkpoint)
@@ -62,7 +55,7 @@ def for_checkpoint(checkpoint: Path) -> Weights | None:
         return None  # unreadable: it is rewritten from the checkpoint
     if "corpus_files" not in found.info:  # written before it recorded the training files: made again
         return None
-    return found if found.checkpoint_sha256 == digest(checkpoint) else None
+    return found if found.checkpoint_sha256 == file_digest(checkpoint) else None
 
 
 def write(
@@ -87,16 +80,14 @@ def write(
         "checkpoint_sha256": checkpoint_sha256,
     }
     arrays = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in tensors.items()}  # tied weights: copies
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+
+    def save(tmp: Path) -> None:
         save_file(arrays, tmp, metadata=meta)
         os.chmod(tmp, 0o644)  # safetensors creates it private; it is as shareable as the checkpoint
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise CharRNNError(f"could not write {path}: {e.strerror or e} (free some disk space)") from None
+
+    replace_with(path, save)
 
 
 def read(path: Path) -> Weights:
@@ -129,7 +120,6 @@ def info_of(ckpt: Mapping) -> dict:
         "steps": ckpt.get("step", 0),
         "best_val": ckpt.get("best_val"),
         "corpus": Path(corpus.get("path", "")).name or None,
-        "files": [Path(f["path"]).name for f in ckpt.get("files") or ([corpus] if corpus else [])],
         "corpus_files": [  # as recorded (paths on the training machine), for the copy check
             {"path": f["path"], "size": f.get("size")} for f in ckpt.get("files") or ([corpus] if corpus else [])
         ],
