@@ -12,13 +12,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import tempfile
 from pathlib import Path
 
-import torch
-
 import charrnn
+from charrnn.devices import describe_cpu
 
 
 def one_run(corpus: Path, minutes: float, init: str | None, out: Path) -> dict:
@@ -43,8 +41,7 @@ def main() -> None:
     ap.add_argument("--minutes", default="1,5", help="budgets, comma-separated")
     args = ap.parse_args()
     print(
-        f"charrnn fine-tune benchmark: {args.corpus}; CPU {platform.processor() or platform.machine()}, "
-        f"torch {torch.__version__} capability {torch.backends.cpu.get_cpu_capability()}",
+        f"charrnn fine-tune benchmark: {args.corpus}; CPU {describe_cpu()}",
         flush=True,
     )
     rows = []
@@ -59,7 +56,7 @@ def main() -> None:
         print(
             f"{minutes:g} min: fine-tuning ends {scratch['best_val_nats'] - tuned['best_val_nats']:.4f} nats/char lower"
         )
-    print("RESULT " + json.dumps(rows))
+    print("RESULT " + json.dumps({"cpu": describe_cpu(), "runs": rows}))
 
 
 if __name__ == "__main__":

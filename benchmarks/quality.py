@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from charrnn import checkpoint, data
+from charrnn.devices import describe_cpu
 from charrnn.evaluate import evaluate
 from charrnn.loop import train
 
@@ -86,7 +87,9 @@ def main() -> None:
                 flush=True,
             )
 
+    cpu = describe_cpu()
     print(f"charrnn quality: {args.corpus} budget {args.minutes:g} min, flags {model_flags} {train_flags}", flush=True)
+    print(f"CPU: {cpu}", flush=True)
     result = train(
         args.corpus, model_flags, train_flags, out=out, report=report, eval_at_seconds=[m * 60 for m in milestones]
     )
@@ -114,6 +117,8 @@ def main() -> None:
         "best_val_bpc_fp32": round(fp32.bits_per_char, 4),
         "train_chars_per_s_median": sorted(rates)[len(rates) // 2] if rates else None,
         "precision": ckpt.get("precision"),
+        "sizing": ckpt.get("sizing"),
+        "cpu": cpu,
     }
     print(
         f"final: best val {summary['best_val_nats']:.4f} nats/char ({summary['best_val_bpc']:.4f} bpc); "

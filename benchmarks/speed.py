@@ -24,7 +24,7 @@ import torch
 
 from charrnn import checkpoint
 from charrnn.config import ModelConfig, SampleConfig, to_dict
-from charrnn.devices import pick_dtype
+from charrnn.devices import describe_cpu, pick_dtype
 from charrnn.loop import Trainer
 from charrnn.model import CharRNN, count_parameters
 from charrnn.sample import fast_rnn, generate, naive_generate
@@ -328,12 +328,12 @@ def main() -> None:
     os.environ.setdefault("CHARRNN_CACHE", str(tmp / "cache"))
     result: dict = {
         "torch": torch.__version__,
+        "cpu": describe_cpu(),
         "threads": torch.get_num_threads(),
         "default_dtype_cpu": str(pick_dtype("auto", torch.device("cpu"))).removeprefix("torch."),
     }
     print(
-        f"charrnn speed benchmark: torch {torch.__version__}, {torch.get_num_threads()} threads, default CPU "
-        f"precision {result['default_dtype_cpu']}",
+        f"charrnn speed benchmark: {result['cpu']}; default CPU precision {result['default_dtype_cpu']}",
         flush=True,
     )
 
