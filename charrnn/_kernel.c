@@ -33,7 +33,8 @@ extern __m256 _ZGVdN8v_tanhf(__m256);
 #endif
 #endif
 
-/* The build's variant, for the loader's log and the tests: 16 or 8 (libmvec's AVX-512 or AVX2 tanhf), 1 (scalar). */
+/* The build's tanh: 16 or 8 lanes (libmvec's AVX-512 or AVX2 tanhf), or 1 (scalar tanhf, which the loader refuses:
+ * slower than numpy's own vectorised tanh). */
 int kernel_lanes(void) {
 #ifdef VEC
     return VEC;

@@ -355,8 +355,10 @@ class FastRNN:
 
     def _step_kernel(self, ids: np.ndarray) -> np.ndarray:
         """step() with the kernel: per layer its matmuls, then one call for the gate arithmetic. Layer 0 reads
-        its table row in place at batch 1 (an id outside the table goes through np.take, which says so)."""
-        if len(ids) == 1 == len(self.rows) and 0 <= (i := int(ids[0])) < len(self.table):
+        its table row in place at batch 1 (anything but an integer id inside the table goes through np.take,
+        which refuses it as before)."""
+        one = len(ids) == 1 == len(self.rows) and isinstance(ids, np.ndarray) and ids.dtype.kind in "iu"
+        if one and 0 <= (i := int(ids[0])) < len(self.table):
             rows = self._table_addr + i * self._row_bytes  # (1, G*H) the id's table row
         else:
             np.take(self.table, ids, axis=0, out=self.rows)  # (B, G*H)
