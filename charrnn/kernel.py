@@ -140,15 +140,14 @@ def machine_id() -> str:
 def build_and_load(cc: list[str] | None, folder: Path, stamp: str = "") -> Kernel | None:
     """Load the build for this source, compiler and machine from `folder`, compiling it first if it is not
     there or is not the file that was built (a `.sha256` beside it says which: a truncated library could
-    crash the process that maps it, so a file is only loaded once its bytes check out). None if no variant
-    builds, or if a `.failed` file (holding the compiler's message) says so from an earlier attempt: delete it to
-    try again."""
+    crash the process that maps it, so a file is only loaded once its bytes check out). None if the build
+    fails, or if a `.failed` file (holding the compiler's message) says it did before: delete it to try again."""
     if cc is None:
         return None
     key = hashlib.sha256(
         b"\0".join([SOURCE.read_bytes(), repr((cc, stamp, FLAGS, LIBS)).encode(), machine_id().encode()])
     ).hexdigest()[:20]
-    path = folder / f"charrnn_kernel-{key}{'.dll' if sys.platform == 'win32' else '.so'}"
+    path = folder / f"charrnn_kernel-{key}.so"
     digest, failed = path.with_suffix(".sha256"), path.with_suffix(".failed")
     if path.exists():
         try:
