@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from charrnn import checkpoint
+from charrnn import checkpoint, kernel
 from charrnn.config import ModelConfig, SampleConfig, to_dict
 from charrnn.devices import describe_cpu, pick_dtype
 from charrnn.loop import Trainer
@@ -107,10 +107,21 @@ def train_throughput(corpus: Path, cell: str, hidden: int, precision: str, repea
     }
 
 
-def sample_rate(model: CharRNN, num: int, length: int, repeats: int, naive: bool = False) -> float:
+def sample_rate(
+    model: CharRNN, num: int, length: int, repeats: int, naive: bool = False, use_kernel: bool = True
+) -> float:
+    """chars/s of `generate`; use_kernel=False: as with CHARRNN_KERNEL=0, numpy ufuncs for the gates and draw."""
     cfg = SampleConfig(length=length, num=num, seed=0)
     gen = naive_generate if naive else generate
-    t = median_time(lambda: sum(1 for _ in gen(model, VOCAB, cfg)), repeats)
+    before = os.environ.get("CHARRNN_KERNEL")
+    os.environ["CHARRNN_KERNEL"] = "1" if use_kernel else "0"  # read when generate builds its FastRNN
+    try:
+        t = median_time(lambda: sum(1 for _ in gen(model, VOCAB, cfg)), repeats)
+    finally:
+        if before is None:
+            del os.environ["CHARRNN_KERNEL"]
+        else:
+            os.environ["CHARRNN_KERNEL"] = before
     return num * length / t
 
 
@@ -146,7 +157,7 @@ def smaller_weights(model: CharRNN, repeats: int) -> dict:
     return out
 
 
-def first_char_seconds(ckpt: str, repeats: int) -> float:
+def first_char_seconds(ckpt: str, repeats: int, env: dict | None = None) -> float:
     """Launch to the first sampled character of `charrnn sample`, measured from outside the process."""
     times = []
     for _ in range(repeats):
@@ -155,6 +166,7 @@ def first_char_seconds(ckpt: str, repeats: int) -> float:
             [sys.executable, "-m", "charrnn", "sample", "--checkpoint", ckpt, "--length", "200", "--prime", "ROMEO:"],
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
+            env=env,
         )
         proc.stdout.read(len("ROMEO:") + 1)  # the echoed prime, then the first sampled character
         times.append(time.perf_counter() - t)
@@ -269,6 +281,10 @@ def corpus_prep(tmp: Path, mb: int) -> dict:
 def sampling(result: dict, repeats: int, tmp: Path, quick: bool) -> None:
     print("3. sampling throughput", flush=True)
     result["sample"] = {}
+    compiled = kernel.load()  # built here if need be, so that no timing below includes the compile
+    result["sample"]["kernel_lanes"] = compiled.lanes if compiled else None
+    what = f"{compiled.lanes}-lane tanhf" if compiled else "none (no compiler, or CHARRNN_KERNEL=0)"
+    print(f"  compiled gate kernel: {what}", flush=True)
     for hidden in (512, 256):
         torch.manual_seed(0)
         model = CharRNN(ModelConfig(vocab_size=len(VOCAB), hidden=hidden, layers=2, embed=128)).eval()
@@ -278,6 +294,9 @@ def sampling(result: dict, repeats: int, tmp: Path, quick: bool) -> None:
             rate = sample_rate(model, num, 2000 if num == 1 else 500, repeats)
             result["sample"][f"lstm2x{hidden}/num{num}"] = round(rate)
             print(f"  lstm 2x{hidden} --num {num:2d}: {rate:>9,.0f} chars/s", flush=True)
+        plain = sample_rate(model, 1, 2000, repeats, use_kernel=False)
+        result["sample"][f"lstm2x{hidden}/num1_numpy"] = round(plain)
+        result["sample"][f"lstm2x{hidden}/num1_numpy_of_bound"] = round(plain / bound, 3)
         if hidden == 512:
             small = smaller_weights(model, repeats)
             result["sample"]["lstm2x512/matvec_steps_per_s_by_dtype"] = small
@@ -286,7 +305,8 @@ def sampling(result: dict, repeats: int, tmp: Path, quick: bool) -> None:
         result["sample"][f"lstm2x{hidden}/num1_of_bound"] = round(one / bound, 3)
         print(
             f"  lstm 2x{hidden} bound at batch 1 (its matrix-vector products alone): {bound:,.0f} chars/s; "
-            f"the sampler makes {one / bound:.0%} of it",
+            f"the sampler makes {one / bound:.0%} of it ({one:,.0f} chars/s; numpy gates without the kernel "
+            f"{plain:,.0f} chars/s = {plain / bound:.0%})",
             flush=True,
         )
         if hidden == 512:
@@ -302,16 +322,21 @@ def sampling(result: dict, repeats: int, tmp: Path, quick: bool) -> None:
                 {"model": model.state_dict(), "model_config": to_dict(model.cfg), "vocab": VOCAB.chars}, ckpt
             )
     n = 3 if quick else 5
-    start = {
+    start = {  # the kernel already built in $CHARRNN_CACHE, as on every launch but a machine's first
         "import_torch": import_torch_seconds(n),
         "bundled": first_char_seconds("bundled", n),
         "lstm2x512": first_char_seconds(str(tmp / "lstm512.pt"), n),
+        # the first launch on a machine, which compiles the kernel (once: later launches load the build)
+        "bundled_compiling_kernel": first_char_seconds(
+            "bundled", 1, env={**os.environ, "CHARRNN_CACHE": str(tmp / "fresh-cache")}
+        ),
     }
     result["start_seconds"] = {k: round(v, 3) for k, v in start.items()}
     print(
         f"  first character of `charrnn sample` after launch (median of {n}): bundled model "
         f"{start['bundled']:.3f} s, 2x512 LSTM {start['lstm2x512']:.3f} s; `python -c 'import torch'` alone "
-        f"{start['import_torch']:.3f} s",
+        f"{start['import_torch']:.3f} s; the very first launch, which compiles the kernel: "
+        f"{start['bundled_compiling_kernel']:.3f} s",
         flush=True,
     )
 

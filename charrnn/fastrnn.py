@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from charrnn import kernel
 from charrnn.config import ModelConfig, SampleConfig
 from charrnn.errors import CharRNNError
 from charrnn.vocab import Vocab
@@ -75,13 +76,16 @@ class Sampler:
         self.top_p = cfg.top_p if cfg.top_p is not None and cfg.top_p < 1.0 else None
         self._p = np.empty((0, vocab_size))  # (N, V) work buffer, sized on first use
         self._rows = np.empty((0, 1), dtype=np.intp)  # (N, 1) row numbers for fancy indexing
+        k = kernel.load()
+        self._draw_one = None if k is None else k.draw_one  # None: _one's five numpy calls
+        self._seen: tuple[Any, int, int] = (None, 0, 0)  # (logits array, its address, _work's address)
 
     def __call__(self, logits: np.ndarray) -> np.ndarray:
         """(N, V) logits -> (N,) int64 ids; ``logits`` is only read."""
         if self.greedy:
             return np.argmax(logits, axis=1)  # (N,)
         if logits.shape[0] == 1 and self.top_k is None and self.top_p is None:
-            return self._one(logits[0])
+            return self._one(logits)
         return self._rows_at_once(logits)
 
     def _rows_at_once(self, logits: np.ndarray) -> np.ndarray:
@@ -108,10 +112,23 @@ class Sampler:
         return picked if ids is None else ids[rows[:, 0], picked]  # (N,)
 
     def _one(self, logits: np.ndarray) -> np.ndarray:
-        """One row, no filters (what `charrnn sample` does by default) in five numpy calls: for a vocabulary
-        of ~100 the calls, not the arithmetic, are the cost (28 us a draw by the general path, about a
-        quarter of a 2x256 step). The same float64 arithmetic and the same random draw as the general
-        path, so the same seed gives the same character."""
+        """One row, (1, V), no filters (what `charrnn sample` does by default): for a vocabulary of ~100 the
+        calls, not the arithmetic, are the cost (28 us a draw by the general path, about a quarter of a 2x256
+        step). So one kernel call where there is a kernel, else five numpy calls; the same float64 arithmetic
+        and the same random draw as the general path either way, so the same seed gives the same character."""
+        if self._draw_one is not None and logits.dtype == np.float32:
+            seen, address, work = self._seen
+            if logits is not seen:  # FastRNN returns the same buffer every step: its address is taken once
+                logits = np.ascontiguousarray(logits)  # (1, V)
+                self._work = np.empty(logits.shape[1])  # (V,) float64 scratch, kept alive with its address
+                address, work = logits.ctypes.data, self._work.ctypes.data
+                self._seen = (logits, address, work)
+            u = self.rng.random()
+            return np.array([self._draw_one(address, None, logits.shape[1], self.inv_temp, u, None, work)])
+        return self._one_numpy(logits[0])
+
+    def _one_numpy(self, logits: np.ndarray) -> np.ndarray:
+        """_one for a (V,) row in five numpy calls."""
         p = logits.astype(np.float64)  # (V,)
         p -= p.max()
         p *= self.inv_temp
@@ -149,6 +166,10 @@ class FastRNN:
       fast at batch 32. It is a private torch op, so it is probed once and "numpy" stands in without it.
     One backend per loop, never both: OpenBLAS and torch's OpenMP each keep spinning threads, and on two
     cores the two pools starve each other (a batch-32 step took 11 ms instead of 0.65 ms with both).
+
+    With the numpy backend, the compiled kernel (kernel.py), where there is one, does each layer's gate
+    arithmetic in one call instead of ~10 ufunc calls; the matrix products stay numpy's. Same operations in
+    the same order, so the same logits to rounding (the same bits, where libmvec's tanhf is numpy's).
     """
 
     # From batch 2 on, oneDNN wins: 2x512 LSTM steps on 2 cores took 567 us (numpy) vs 152 us (oneDNN) at
@@ -219,6 +240,8 @@ class FastRNN:
         self.head_map = self._add_map(np.asarray(head_w), weights.get("head.bias"), (L - 1) * H, L * H)  # (V, H)
         self._cell = {"lstm": self._lstm, "gru": self._gru, "rnn": self._rnn}[self.kind]
         self._packed: dict[int, list[Any]] = {}  # oneDNN weights (torch tensors), by the batch they were packed for
+        self.kernel = kernel.load()  # None: numpy's ufuncs do the gate arithmetic
+        self._plan: list[tuple[Any, ...]] | None = None  # the kernel's per-layer calls, made in reset
         self.reset_zero(1)
 
     def _add_map(self, w: np.ndarray, b: np.ndarray | None, lo: int, hi: int) -> int:
@@ -255,6 +278,41 @@ class FastRNN:
             ]
         else:
             self._out = [np.empty((B, len(w)), np.float32) for w, _, _, _ in self.maps]  # (B, N) each
+        self._plan = self._kernel_plan() if self.active == "numpy" and self.kernel is not None else None
+
+    def _kernel_plan(self) -> list[tuple[Any, ...]]:
+        """Per layer, the matmuls (input view, transposed weight, output) and the kernel call's arguments, the
+        buffers as integer addresses: taken once here, since deriving them costs more than a cell's arithmetic.
+        The buffers live until the next reset, which makes a new plan."""
+        H, L, B, k = self.hidden, self.layers, self.h.shape[0], self.kernel
+        f32 = 4  # bytes
+        self._rows_addr = self.rows.ctypes.data
+        self._table_addr, self._row_bytes = self.table.ctypes.data, self.table.shape[1] * f32
+        h_addr, h_stride = self.h.ctypes.data, L * H
+
+        def mm(i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+            w, _, lo, hi = self.maps[i]
+            return (self.h[:, lo:hi], w.T, self._out[i])
+
+        def addr(a: np.ndarray | None) -> int | None:
+            return None if a is None else a.ctypes.data
+
+        plan = []
+        for layer, maps in enumerate(self.layer_maps):
+            h_l = h_addr + layer * H * f32  # (B, H) this layer's columns of the state
+            g, b = addr(self._out[maps[0]]), addr(self.maps[maps[0]][1])
+            # The C call is cell(g, b, third, *rest); `third` is layer 0's table rows (passed by step) or, for
+            # a GRU layer above it, its input map's output.
+            if self.kind == "lstm":
+                cell, third, rest = k.lstm_cell, None, (addr(self.c[layer]), h_l, h_stride, B, H)
+            elif self.kind == "gru":
+                cell, third = k.gru_cell, None if layer == 0 else addr(self._out[maps[1]])
+                rest = (None if layer == 0 else addr(self.maps[maps[1]][1]), h_l, h_stride, B, H)
+            else:
+                cell, third, rest = k.rnn_cell, None, (h_l, h_stride, B, H)
+            plan.append(([mm(i) for i in maps], cell, g, b, third, rest))
+        self._head_mm = (*mm(self.head_map), self.maps[self.head_map][1])
+        return plan
 
     def _choose_backend(self, batch: int) -> str:
         """oneDNN only where torch is already loaded: this module never imports it (a sampler that starts
@@ -288,10 +346,33 @@ class FastRNN:
     def step(self, ids: np.ndarray) -> np.ndarray:
         """Feed one id per row, (B,), and advance the state; returns the (B, V) logits, which the caller
         may read until the next step overwrites them."""
+        if self._plan is not None:
+            return self._step_kernel(ids)
         np.take(self.table, ids, axis=0, out=self.rows)  # (B, G*H) layer 0's input share, biases included
         for layer in range(self.layers):
             self._cell(layer)
         return self._affine(self.head_map)  # (B, V)
+
+    def _step_kernel(self, ids: np.ndarray) -> np.ndarray:
+        """step() with the kernel: per layer its matmuls, then one call for the gate arithmetic. Layer 0 reads
+        its table row in place at batch 1 (anything but an integer id inside the table goes through np.take,
+        which refuses it as before)."""
+        one = len(ids) == 1 == len(self.rows) and isinstance(ids, np.ndarray) and ids.dtype.kind in "iu"
+        if one and 0 <= (i := int(ids[0])) < len(self.table):
+            rows = self._table_addr + i * self._row_bytes  # (1, G*H) the id's table row
+        else:
+            np.take(self.table, ids, axis=0, out=self.rows)  # (B, G*H)
+            rows = self._rows_addr
+        matmul = np.matmul
+        for layer, (mms, cell, g, b, third, rest) in enumerate(self._plan):
+            for x, w_t, out in mms:
+                matmul(x, w_t, out=out)  # (B, N)
+            cell(g, b, third if layer else rows, *rest)
+        x, w_t, out, b = self._head_mm
+        matmul(x, w_t, out=out)  # (B, V)
+        if b is not None:
+            out += b
+        return out
 
     def _affine(self, i: int) -> np.ndarray:
         """Map i applied to its columns of the state: a fresh or reused (B, N) array, free to overwrite."""

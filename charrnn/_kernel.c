@@ -1,0 +1,159 @@
+/* The CPU sampler's per-step elementwise work, fused: what FastRNN's numpy cells do in ~10 ufunc calls a layer
+ * (and Sampler._one in 5), done in one call each. At batch 1 a step's arithmetic is tiny; numpy's cost there is
+ * the calls themselves and a tanh that is not vectorised, so the cells here do the same float32 operations, in
+ * the same order, in one pass, with glibc's vector tanhf (libmvec) where the build found it.
+ *
+ * Built and loaded by charrnn/kernel.py with -ffp-contract=off: no a*b+c is fused into one rounding, so each
+ * product and sum rounds as numpy's separate ufuncs round it. The only differences from numpy are the tanh and
+ * exp implementations (each within a few ulp of the exact value).
+ *
+ * Layouts (row-major, float32): g/gh/gi (B, G*H) with row stride G*H; c (B, H) contiguous; h (B, H) columns of the
+ * (B, L*H) state buffer, row stride h_stride. Any const pointer documented "or NULL" may be NULL. */
+
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#if defined(CHARRNN_MVEC) && defined(__x86_64__) && (defined(__AVX512F__) || defined(__AVX2__))
+#include <immintrin.h>
+#if defined(__AVX512F__)
+#define VEC 16
+typedef __m512 vfloat;
+extern __m512 _ZGVeN16v_tanhf(__m512);
+#define VTANH _ZGVeN16v_tanhf
+#define VLOAD _mm512_loadu_ps
+#define VSTORE _mm512_storeu_ps
+#else
+#define VEC 8
+typedef __m256 vfloat;
+extern __m256 _ZGVdN8v_tanhf(__m256);
+#define VTANH _ZGVdN8v_tanhf
+#define VLOAD _mm256_loadu_ps
+#define VSTORE _mm256_storeu_ps
+#endif
+#endif
+
+/* The build's tanh: 16 or 8 lanes (libmvec's AVX-512 or AVX2 tanhf), or 1 (scalar tanhf, which the loader refuses:
+ * slower than numpy's own vectorised tanh). */
+int kernel_lanes(void) {
+#ifdef VEC
+    return VEC;
+#else
+    return 1;
+#endif
+}
+
+/* x[0:n] = tanh(x[0:n]) into y (y may be x). */
+static void tanh_to(const float *x, float *y, long n) {
+    long j = 0;
+#ifdef VEC
+    for (; j + VEC <= n; j += VEC) VSTORE(y + j, VTANH(VLOAD(x + j)));
+    if (j < n) { /* the tail through a padded block: same function, so same results as a full block */
+        float buf[VEC] = {0};
+        memcpy(buf, x + j, (size_t)(n - j) * sizeof(float));
+        VSTORE(buf, VTANH(VLOAD(buf)));
+        memcpy(y + j, buf, (size_t)(n - j) * sizeof(float));
+    }
+#else
+    for (; j < n; j++) y[j] = tanhf(x[j]);
+#endif
+}
+
+/* One LSTM layer. g: the (B, 4H) gate pre-activations from the matmul, gates i, f, o, g with the sigmoid gates'
+ * halving folded into the weights; overwritten. bias (4H,) or NULL; rows (B, 4H) (layer 0's table rows) or NULL.
+ * numpy order: g += bias; g += rows; g = tanh(g); g[:3H] = g[:3H] * 0.5 + 0.5; c = c * f + i * g; h = o * tanh(c). */
+void lstm_cell(float *g, const float *bias, const float *rows, float *c, float *h, long h_stride, int B, int H) {
+    const long G = 4L * H;
+    for (int b = 0; b < B; b++) {
+        float *gb = g + b * G, *cb = c + (long)b * H, *hb = h + b * h_stride;
+        if (bias)
+            for (long j = 0; j < G; j++) gb[j] += bias[j];
+        if (rows) {
+            const float *rb = rows + b * G;
+            for (long j = 0; j < G; j++) gb[j] += rb[j];
+        }
+        tanh_to(gb, gb, G);
+        for (long j = 0; j < 3L * H; j++) gb[j] = gb[j] * 0.5f + 0.5f;
+        const float *i = gb, *f = gb + H, *o = gb + 2L * H, *cand = gb + 3L * H;
+        for (long j = 0; j < H; j++) cb[j] = cb[j] * f[j] + i[j] * cand[j];
+        tanh_to(cb, hb, H);
+        for (long j = 0; j < H; j++) hb[j] = o[j] * hb[j];
+    }
+}
+
+/* One GRU layer. gh: (B, 3H) r, z, n from the hidden state's matmul, overwritten; bh (3H,) its bias (b_hn; r and z
+ * carry theirs in the input share). gi: (B, 3H) the input share (layer 0's table rows, or the input matmul), only
+ * read; bi (3H,) its bias or NULL (the table has it). numpy order: gh += bh; gi += bi; rz = tanh(gh_rz + gi_rz) * 0.5
+ * + 0.5; n = tanh(gh_n * r + gi_n); h = n + z * (h - n). */
+void gru_cell(float *gh, const float *bh, const float *gi, const float *bi, float *h, long h_stride, int B, int H) {
+    const long G = 3L * H;
+    for (int b = 0; b < B; b++) {
+        float *gb = gh + b * G, *hb = h + b * h_stride;
+        const float *ib = gi + b * G;
+        if (bh)
+            for (long j = 0; j < G; j++) gb[j] += bh[j];
+        if (bi)
+            for (long j = 0; j < 2L * H; j++) gb[j] += ib[j] + bi[j];
+        else
+            for (long j = 0; j < 2L * H; j++) gb[j] += ib[j];
+        tanh_to(gb, gb, 2L * H);
+        for (long j = 0; j < 2L * H; j++) gb[j] = gb[j] * 0.5f + 0.5f;
+        const float *r = gb, *z = gb + H;
+        float *n = gb + 2L * H;
+        if (bi)
+            for (long j = 0; j < H; j++) n[j] = n[j] * r[j] + (ib[2L * H + j] + bi[2L * H + j]);
+        else
+            for (long j = 0; j < H; j++) n[j] = n[j] * r[j] + ib[2L * H + j];
+        tanh_to(n, n, H);
+        for (long j = 0; j < H; j++) hb[j] = n[j] + z[j] * (hb[j] - n[j]);
+    }
+}
+
+/* One tanh-RNN layer: h = tanh(a + bias + rows), a (B, H) from the matmul (overwritten), bias (H,) or NULL, rows
+ * (B, H) or NULL. */
+void rnn_cell(float *a, const float *bias, const float *rows, float *h, long h_stride, int B, int H) {
+    for (int b = 0; b < B; b++) {
+        float *ab = a + (long)b * H;
+        if (bias)
+            for (long j = 0; j < H; j++) ab[j] += bias[j];
+        if (rows) {
+            const float *rb = rows + (long)b * H;
+            for (long j = 0; j < H; j++) ab[j] += rb[j];
+        }
+        tanh_to(ab, h + b * h_stride, H);
+    }
+}
+
+/* One draw from one row of logits, Sampler._one's float64 arithmetic: p = logits (+ bias, added in float32, the sum
+ * also stored to logits_out when that is not NULL); p -= max(p); p *= inv_temp; p = exp(p); p = cumsum(p); the first
+ * index whose cumulative sum exceeds u * total (numpy's searchsorted side="right"; V when none does, as with NaNs).
+ * work: (V,) float64 scratch. */
+long draw_one(const float *logits, const float *bias, long V, double inv_temp, double u, float *logits_out,
+              double *work) {
+    double top = -INFINITY;
+    int nan = 0;
+    for (long j = 0; j < V; j++) {
+        float x = logits[j];
+        if (bias) {
+            x = x + bias[j];
+            if (logits_out) logits_out[j] = x;
+        }
+        double p = (double)x;
+        work[j] = p;
+        if (p > top) top = p;
+        if (p != p) nan = 1;
+    }
+    if (nan) return V; /* numpy: max is NaN, so every p is NaN, and searchsorted puts a NaN target after them all */
+    double total = 0.0;
+    for (long j = 0; j < V; j++) {
+        double p = work[j] - top;
+        p = p * inv_temp;
+        total = total + exp(p);
+        work[j] = total;
+    }
+    double target = u * total;
+    if (!(target == target)) return V; /* NaN total (an infinite logit): numpy's cumsum is all NaN past it */
+    for (long j = 0; j < V; j++)
+        if (work[j] > target) return j;
+    return V;
+}

@@ -1,0 +1,247 @@
+"""The sampler's compiled kernel (_kernel.c): built once per machine with the C compiler at hand, loaded with
+ctypes. Imports no torch.
+
+At batch 1 a FastRNN step is a few matrix-vector products and, around them, ~25 numpy calls of gate
+arithmetic and drawing, each costing more in call overhead than in arithmetic. The kernel does that
+arithmetic in one call per layer and one per draw; the products stay in numpy (OpenBLAS).
+
+The kernel's tanh is glibc's vector tanhf (libmvec: x86-64 Linux, glibc >= 2.35, AVX2 or AVX-512); elsewhere
+there is no kernel, since a scalar tanh would make the step slower than numpy's. A compiler is optional too:
+`load()` returns None without one, when the build or the load fails, or with CHARRNN_KERNEL=0, and the sampler
+keeps its numpy path, which gives the same text. The build lands in the
+cache folder ($CHARRNN_CACHE, else the platform's), named by a hash of the source, the compiler command and
+the machine (architecture and CPU flags, since -march=native code may not run on another CPU), written all or
+nothing. A failed build leaves a `.failed` file with the compiler's message beside it, so a machine without a
+working compiler pays for the attempt once, not on every start.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import shlex
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from charrnn.atomic import replace_with
+from charrnn.data import cache_root
+
+SOURCE = Path(__file__).with_name("_kernel.c")
+# -march=native: the CPU's vector width. -ffp-contract=off: no fused multiply-add, so every product and sum
+# rounds as numpy's separate ufuncs do. -fno-math-errno lets the compiler treat libm calls as pure; no
+# -ffast-math, which would reorder arithmetic. CHARRNN_MVEC and -lmvec: glibc's vector tanhf, without which
+# the kernel's tanh would be scalar and slower than numpy's own vectorised one (2x512 LSTM 4,273 chars/s
+# against numpy's 4,610), so there is no scalar fallback build. --no-undefined: a libmvec without tanhf fails
+# the build, not the load.
+FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-ffp-contract=off", "-fPIC", "-shared", "-DCHARRNN_MVEC"]
+LIBS = ["-lmvec", "-lm", "-Wl,--no-undefined"]
+COMPILE_TIMEOUT_S = 120
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """The loaded functions, argument types resolved once (see _kernel.c for what each computes)."""
+
+    lib: ctypes.CDLL
+    path: Path
+    lstm_cell: ctypes._CFuncPtr  # (g, bias|None, rows|None, c, h, h_stride, B, H)
+    gru_cell: ctypes._CFuncPtr  # (gh, bh|None, gi, bi|None, h, h_stride, B, H)
+    rnn_cell: ctypes._CFuncPtr  # (a, bias|None, rows|None, h, h_stride, B, H)
+    draw_one: ctypes._CFuncPtr  # (logits, bias|None, V, inv_temp, u, logits_out|None, work) -> index
+    lanes: int  # 16 or 8: libmvec's AVX-512 or AVX2 tanhf
+
+
+def load() -> Kernel | None:
+    """The kernel, or None (no compiler, a failed build or load, CHARRNN_KERNEL=0): never an exception."""
+    if os.environ.get("CHARRNN_KERNEL", "1").strip() == "0" or unsupported() is not None:
+        return None
+    cc = compiler()
+    return _load_cached(None if cc is None else tuple(cc), _stamp(cc))
+
+
+@functools.cache
+def unsupported() -> str | None:
+    """Why this machine gets no kernel (None: it may): the vector tanhf it needs is glibc's, on x86-64 with AVX2."""
+    if platform.machine().lower() not in ("x86_64", "amd64") or not sys.platform.startswith("linux"):
+        return f"the kernel needs x86-64 Linux (glibc's libmvec), not {platform.machine()} {sys.platform}"
+    try:
+        libc = os.confstr("CS_GNU_LIBC_VERSION") or ""  # "glibc 2.36"
+    except (ValueError, OSError):
+        libc = ""
+    name, _, version = libc.partition(" ")
+    if name != "glibc" or tuple(int(v) for v in version.split(".")[:2] if v.isdigit()) < (2, 35):
+        return f"the kernel needs glibc >= 2.35 for libmvec's tanhf, not {libc or 'another C library'}"
+    if "avx2" not in _cpu_flags().split():
+        return "the kernel needs a CPU with AVX2"
+    return None
+
+
+def compiler() -> list[str] | None:
+    """$CC (split as a shell would), else the first of cc, gcc, clang on PATH; None if there is none. A $CC
+    that is not there means no compiler: it is what the user asked for."""
+    if cc := os.environ.get("CC", "").strip():
+        argv = shlex.split(cc)
+        found = shutil.which(argv[0])
+        return [found, *argv[1:]] if found else None
+    for name in ("cc", "gcc", "clang"):
+        if found := shutil.which(name):
+            return [found]
+    return None
+
+
+def _stamp(cc: list[str] | None) -> str:
+    """The compiler file's size and date: they change when it is upgraded, and so does the build's name."""
+    try:
+        st = os.stat(cc[0]) if cc else None
+    except OSError:
+        return ""
+    return f"{st.st_size}:{st.st_mtime_ns}" if st else ""
+
+
+@functools.cache
+def _load_cached(cc: tuple[str, ...] | None, stamp: str) -> Kernel | None:
+    """One build and load per process and compiler; FastRNN and Sampler ask on construction. The cache folder
+    is read on the first call only: a loaded library stays valid wherever its file goes (and the tests, which
+    give each test its own $CHARRNN_CACHE, compile once, not once a test)."""
+    try:
+        return build_and_load(None if cc is None else list(cc), cache_root() / "kernel", stamp)
+    except Exception:  # noqa: BLE001 - the kernel is an optimisation: any failure means the numpy path
+        return None
+
+
+@functools.cache
+def _cpu_flags() -> str:
+    """The CPU's feature flags as /proc/cpuinfo lists them (x86 "flags", ARM "Features"), sorted; else the
+    processor's name."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    return " ".join(sorted(line.split(":", 1)[1].split()))
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def machine_id() -> str:
+    """The architecture, OS, pointer size and CPU feature flags: code built with -march=native for one CPU
+    may crash on another, so another CPU must mean another build."""
+    return f"{platform.machine()}|{sys.platform}|{sys.maxsize > 2**32}|{_cpu_flags()}"
+
+
+def build_and_load(cc: list[str] | None, folder: Path, stamp: str = "") -> Kernel | None:
+    """Load the build for this source, compiler and machine from `folder`, compiling it first if it is not
+    there or is not the file that was built (a `.sha256` beside it says which: a truncated library could
+    crash the process that maps it, so a file is only loaded once its bytes check out). None if the build
+    fails, or if a `.failed` file (holding the compiler's message) says it did before: delete it to try again."""
+    if cc is None:
+        return None
+    key = hashlib.sha256(
+        b"\0".join([SOURCE.read_bytes(), repr((cc, stamp, FLAGS, LIBS)).encode(), machine_id().encode()])
+    ).hexdigest()[:20]
+    path = folder / f"charrnn_kernel-{key}.so"
+    digest, failed = path.with_suffix(".sha256"), path.with_suffix(".failed")
+    if path.exists():
+        try:
+            intact = digest.read_text(encoding="utf-8").strip() == _sha256(path)
+        except OSError:
+            intact = False
+        kernel = _open(path) if intact else None
+        if kernel is not None:
+            return kernel
+    elif failed.exists():
+        return None
+    folder.mkdir(parents=True, exist_ok=True)
+    argv = [*cc, *FLAGS, str(SOURCE), "-o", "{out}", *LIBS]
+    try:
+        replace_with(path, functools.partial(_compile, argv))
+        replace_with(digest, lambda tmp: tmp.write_text(_sha256(path) + "\n", encoding="utf-8"))
+        kernel = _open(path)
+        error = f"{shlex.join(argv)}\nbuilt, but did not load or failed its self-test"
+    except Exception as e:  # noqa: BLE001 - the numpy path
+        kernel, error = None, str(e)
+    if kernel is not None:
+        return kernel
+    path.unlink(missing_ok=True)
+    try:
+        replace_with(failed, lambda tmp: tmp.write_text(error + "\n", encoding="utf-8"))
+    except Exception:  # noqa: BLE001 - a read-only cache: the attempt is simply repeated next time
+        pass
+    return None
+
+
+def _compile(argv: list[str], out: Path) -> None:
+    """Run the compiler with "{out}" in argv standing for the output path; its message on failure."""
+    done = subprocess.run(
+        [str(out) if a == "{out}" else a for a in argv],
+        capture_output=True,
+        text=True,
+        timeout=COMPILE_TIMEOUT_S,
+        stdin=subprocess.DEVNULL,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"{shlex.join(argv)}\n{done.stderr.strip()}")
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _open(path: Path) -> Kernel | None:
+    """ctypes-load a build and check it on a small case; None if it does not load or computes wrong."""
+    try:
+        lib = ctypes.CDLL(str(path))
+    except OSError:
+        return None
+    p, i, lng, dbl = ctypes.c_void_p, ctypes.c_int, ctypes.c_long, ctypes.c_double
+    signatures = {
+        "lstm_cell": ([p, p, p, p, p, lng, i, i], None),
+        "gru_cell": ([p, p, p, p, p, lng, i, i], None),
+        "rnn_cell": ([p, p, p, p, lng, i, i], None),
+        "draw_one": ([p, p, lng, dbl, dbl, p, p], lng),
+        "kernel_lanes": ([], i),
+    }
+    try:
+        funcs = {}
+        for name, (args, res) in signatures.items():
+            f = getattr(lib, name)
+            f.argtypes, f.restype = args, res
+            funcs[name] = f
+        lanes = funcs.pop("kernel_lanes")()
+        kernel = Kernel(lib=lib, path=path, lanes=lanes, **funcs)
+    except AttributeError:  # a build of another source under this name
+        return None
+    return kernel if lanes > 1 and _self_test(kernel) else None  # scalar tanhf: slower than numpy
+
+
+def _self_test(k: Kernel) -> bool:
+    """A few microseconds of checks against numpy, so a miscompiled or mislinked build is never used: tanh
+    over a length that is no multiple of the vector width, the LSTM cell, and one draw."""
+    x = np.linspace(-9.0, 9.0, 37, dtype=np.float32)  # (37,)
+    a, h = x.copy(), np.zeros(37, np.float32)
+    k.rnn_cell(a.ctypes.data, None, None, h.ctypes.data, 37, 1, 37)
+    if not np.allclose(h, np.tanh(x.astype(np.float64)), rtol=0, atol=1e-6):
+        return False
+    g = np.linspace(-3.0, 3.0, 4 * 5, dtype=np.float32)  # (4H,) H = 5
+    c = np.linspace(-1.0, 1.0, 5, dtype=np.float32)  # (H,)
+    t = np.tanh(g.astype(np.float64))
+    i, f, o, cand = 0.5 * t[:5] + 0.5, 0.5 * t[5:10] + 0.5, 0.5 * t[10:15] + 0.5, t[15:]
+    want_c = f * c + i * cand
+    want_h = o * np.tanh(want_c)
+    h = np.zeros(5, np.float32)
+    k.lstm_cell(g.ctypes.data, None, None, c.ctypes.data, h.ctypes.data, 5, 1, 5)
+    if not (np.allclose(c, want_c, atol=1e-6) and np.allclose(h, want_h, atol=1e-6)):
+        return False
+    logits = np.array([0.0, 2.0, -1.0, 1.0], np.float32)  # (4,) probabilities .09, .64, .03, .24
+    work = np.empty(4)
+    cum = np.cumsum(np.exp(logits - 2.0))
+    picks = [k.draw_one(logits.ctypes.data, None, 4, 1.0, u, None, work.ctypes.data) for u in (0.0, 0.5, 0.99)]
+    return picks == [int(np.searchsorted(cum, u * cum[-1], side="right")) for u in (0.0, 0.5, 0.99)]
