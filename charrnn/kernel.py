@@ -41,7 +41,10 @@ SOURCE = Path(__file__).with_name("_kernel.c")
 # the kernel's tanh would be scalar and slower than numpy's own vectorised one (2x512 LSTM 4,273 chars/s
 # against numpy's 4,610), so there is no scalar fallback build. --no-undefined: a libmvec without tanhf fails
 # the build, not the load.
-FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-ffp-contract=off", "-fPIC", "-shared", "-DCHARRNN_MVEC"]
+# CHARRNN_KERNEL_MARCH (say haswell) builds for an older CPU than this one: how a benchmark stands in for an
+# AVX2-only machine on an AVX-512 one, as ATEN_CPU_CAPABILITY does for torch.
+MARCH = os.environ.get("CHARRNN_KERNEL_MARCH", "native")
+FLAGS = ["-O3", f"-march={MARCH}", "-fno-math-errno", "-ffp-contract=off", "-fPIC", "-shared", "-DCHARRNN_MVEC"]
 LIBS = ["-lmvec", "-lm", "-Wl,--no-undefined"]
 COMPILE_TIMEOUT_S = 120
 

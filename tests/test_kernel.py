@@ -65,6 +65,20 @@ def test_kernel_logits_match_numpy_for_300_steps(kind: str, batch: int, layers: 
 
 
 @needs_kernel
+def test_an_avx2_build_runs_on_eight_lanes_and_matches_numpy(tmp_path, monkeypatch) -> None:
+    """CHARRNN_KERNEL_MARCH=haswell (what a benchmark standing in for an AVX2-only CPU sets): the 8-lane tanh,
+    which an AVX-512 machine would otherwise never build, gives the numpy path's logits too."""
+    monkeypatch.setenv("CHARRNN_CACHE", str(tmp_path))
+    monkeypatch.setattr(kernel, "FLAGS", [f.replace("-march=native", "-march=haswell") for f in kernel.FLAGS])
+    plain, fast = pair(make_model("lstm"), monkeypatch)
+    assert fast.kernel.lanes == 8
+    rng = np.random.default_rng(2)
+    for _ in range(100):
+        ids = rng.integers(0, len(VOCAB), 1)  # (1,)
+        np.testing.assert_allclose(fast.step(ids), plain.step(ids), rtol=0, atol=1e-5)
+
+
+@needs_kernel
 def test_kernel_step_refuses_ids_numpy_refuses(monkeypatch) -> None:
     """Layer 0 reads its table row by address at batch 1: an id outside the table must not read memory."""
     _, fast = pair(make_model("lstm"), monkeypatch)
