@@ -147,14 +147,36 @@ DROPOUT_PASSES = (6.0, 12.0)
 
 # Automatic shape (charrnn.sizing): the candidates, smallest first, and what one needs to be worth its cost.
 # On a CPU budget the number of updates matters more than their width, so a shape qualifies only if it
-# makes SIZING_MIN_STEPS effective steps in the budget; the largest that qualifies wins. Fitted from the
-# grid in benchmarks/README.md: in 5 minutes on an AVX2 CPU a wider model that made 1,143 steps lost to a
-# narrower one with 2,039 (LSTM 2x384 vs 2x256), and one that made 1,540 won over one with 1,639 (GRU 2x256
-# vs 2x192); the threshold sits between, with room for the probe's error either way.
-SIZING_SHAPES = ((2, 128), (2, 192), (2, 256), (2, 384), (2, 512), (3, 512), (2, 768), (3, 768), (3, 1024))
+# makes sizing_min_steps(budget) effective steps in the budget; the largest that qualifies wins. Fitted from
+# the grids in benchmarks/README.md. At 5 minutes on an AVX2 CPU a wider model that made 1,143 steps lost to
+# a narrower one with 2,039 (LSTM 2x384 vs 2x256), and one that made 1,540 won over one with 1,639 (GRU 2x256
+# vs 2x192): SIZING_MIN_STEPS sits between, with room for the probe's error either way. A shorter budget
+# needs fewer: at 1 minute GRU 2x128 with 564 steps beat 2x192 with 371 (AVX2), and GRU 2x256 with 527 beat
+# 2x128 with 846-969 (AVX-512 BF16), so there the need is about 474 (between 371 and 527). The need grows
+# as budget ** SIZING_STEPS_EXPONENT between the two (compute-optimal training lets both the model and its
+# updates grow with the budget; Chinchilla's fit has the tokens grow as compute ** 0.5).
+# A third layer is for GPUs: on a CPU budget it learned less per step, not only fewer steps (LSTM 3x512 had
+# 1.617 nats/char at step 1,000 against 1.558 for 2x512, in 5 minutes on the AVX-512 BF16 machine).
+_WIDTHS = (128, 192, 256, 384, 512, 768, 1024)
+SIZING_SHAPES = {
+    "cpu": tuple((2, h) for h in _WIDTHS),
+    "gpu": (*((2, h) for h in _WIDTHS[:-1]), (3, 512), (3, 768), (3, 1024)),
+}
 SIZING_BATCHES = {"cpu": (16, 32), "gpu": (32, 64, 128, 256)}  # a CPU gains no speed from wide batches
 SIZING_REF_BATCH = 16  # effective steps are counted in steps of this batch size (sizing.effective_steps)
-SIZING_MIN_STEPS = 1350.0
+SIZING_MIN_STEPS = 1350.0  # effective steps a shape needs in a budget of SIZING_REF_MINUTES ...
+SIZING_REF_MINUTES = 5.0
+SIZING_STEPS_EXPONENT = 0.65  # ... and in another budget, scaled by (budget / SIZING_REF_MINUTES) ** this
+
+
+def sizing_min_steps(budget_s: float | None) -> float:
+    """Effective steps a shape must make in a budget of `budget_s` seconds to qualify (None, --steps alone:
+    the reference budget's need)."""
+    if budget_s is None:
+        return SIZING_MIN_STEPS
+    return SIZING_MIN_STEPS * (budget_s / (60.0 * SIZING_REF_MINUTES)) ** SIZING_STEPS_EXPONENT
+
+
 # Automatic cell (no --model): the GRU learns more per step and wins short budgets; once its plan reads the
 # training text AUTO_CELL_PASSES times (where dropout starts to rise) the LSTM is taken (benchmarks/README.md).
 AUTO_CELLS = ("gru", "lstm")

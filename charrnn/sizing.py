@@ -21,12 +21,12 @@ from charrnn.config import (
     AUTO_CELL_PASSES,
     AUTO_CELLS,
     SIZING_BATCHES,
-    SIZING_MIN_STEPS,
     SIZING_REF_BATCH,
     SIZING_SHAPES,
     ModelConfig,
     TrainConfig,
     auto_dropout,
+    sizing_min_steps,
 )
 from charrnn.devices import autocast
 from charrnn.model import CharRNN, detach_state
@@ -56,17 +56,18 @@ class Choice:
 
 
 def candidates(device_type: str, fixed: Mapping[str, int]) -> list[Shape]:
-    """Every shape the rule may choose on this kind of device, less those an explicit flag rules out
-    (an explicit --layers, --hidden or --batch-size wins for its own dimension)."""
-    batches = SIZING_BATCHES["cpu" if device_type == "cpu" else "gpu"]
-    shapes = [Shape(layers, hidden, batch) for batch in batches for layers, hidden in SIZING_SHAPES]
-    for key in ("layers", "hidden", "batch_size"):
-        if key in fixed:
-            shapes = [s for s in shapes if getattr(s, key) == fixed[key]]
-    if not shapes:  # an explicit value outside the candidate grid: the other dimensions still vary
-        base = {"layers": ModelConfig.layers, "hidden": ModelConfig.hidden, "batch_size": TrainConfig.batch_size}
-        shapes = [Shape(**{**base, **fixed})]
-    return sorted(set(shapes), key=lambda s: (s.batch_size, size(s)))
+    """Every shape the rule may choose on this kind of device. An explicit --layers, --hidden or --batch-size
+    wins for its own dimension, even outside the grid, and the others still vary: --layers 3 on a CPU (whose
+    grid has two layers) tries the CPU's widths at three layers."""
+    kind = "cpu" if device_type == "cpu" else "gpu"
+    pairs = SIZING_SHAPES[kind]
+    if "layers" in fixed:
+        pairs = [(fixed["layers"], hidden) for _, hidden in pairs]
+    if "hidden" in fixed:
+        pairs = [(layers, fixed["hidden"]) for layers, _ in pairs]
+    batches = (fixed["batch_size"],) if "batch_size" in fixed else SIZING_BATCHES[kind]
+    shapes = {Shape(layers, hidden, batch) for batch in batches for layers, hidden in pairs}
+    return sorted(shapes, key=lambda s: (s.batch_size, size(s)))
 
 
 def size(shape: Shape) -> int:
@@ -81,8 +82,9 @@ def effective_steps(steps: float, shape: Shape) -> float:
     return steps * math.sqrt(shape.batch_size / SIZING_REF_BATCH)
 
 
-def qualifies(steps: float, shape: Shape) -> bool:
-    return effective_steps(steps, shape) >= SIZING_MIN_STEPS
+def qualifies(steps: float, shape: Shape, budget_s: float | None) -> bool:
+    """Whether `shape` makes the effective steps a budget of `budget_s` seconds asks for (sizing_min_steps)."""
+    return effective_steps(steps, shape) >= sizing_min_steps(budget_s)
 
 
 def planned_steps(rate: float, shape: Shape, seq_len: int, budget_s: float | None, max_steps: int | None) -> float:
@@ -98,7 +100,7 @@ def choose(rates: Mapping[Shape, float], seq_len: int, budget_s: float | None, m
     if not rates:
         raise ValueError("no candidate shapes to choose from")
     plan = {s: planned_steps(r, s, seq_len, budget_s, max_steps) for s, r in rates.items()}
-    ok = [s for s in plan if qualifies(plan[s], s)]
+    ok = [s for s in plan if qualifies(plan[s], s, budget_s)]
     if ok:
         best = max(ok, key=lambda s: (size(s), effective_steps(plan[s], s)))
     else:
@@ -250,7 +252,7 @@ def probe(
             if rates and clock() - t0 + _probe_cost(shape, rates, seq_len) > limit:
                 break
             rates[shape] = measure(shape)
-            if not qualifies(planned_steps(rates[shape], shape, seq_len, budget_s, max_steps), shape):
+            if not qualifies(planned_steps(rates[shape], shape, seq_len, budget_s, max_steps), shape, budget_s):
                 break
     return rates, clock() - t0
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from charrnn import sizing
-from charrnn.config import SIZING_MIN_STEPS, SIZING_SHAPES, ModelConfig
+from charrnn.config import SIZING_SHAPES, ModelConfig, sizing_min_steps
 from charrnn.sizing import Shape
 
 
@@ -42,10 +42,24 @@ def test_a_faster_machine_never_picks_a_smaller_shape(minutes):
 def test_the_chosen_shape_makes_enough_steps_and_the_next_larger_one_does_not():
     rates = cpu_rates(16_000.0)
     choice = sizing.choose(rates, 128, 300.0, None)
-    assert sizing.effective_steps(choice.steps, choice.shape) >= SIZING_MIN_STEPS
+    assert sizing.effective_steps(choice.steps, choice.shape) >= sizing_min_steps(300.0)
     larger = [s for s in rates if sizing.size(s) > sizing.size(choice.shape)]
-    assert larger and all(not sizing.qualifies(sizing.planned_steps(rates[s], s, 128, 300.0, None), s) for s in larger)
+    assert larger and all(
+        not sizing.qualifies(sizing.planned_steps(rates[s], s, 128, 300.0, None), s, 300.0) for s in larger
+    )
     assert choice.shape.batch_size == 16  # on a CPU a wider batch is no faster, so it loses steps
+
+
+def test_a_short_budget_asks_fewer_steps_so_a_fast_cpu_gets_a_wider_model_in_one_minute():
+    """The probe's speeds (GRU, batch 16) from the grids in benchmarks/README.md: in 1 minute the AVX-512 BF16
+    machine measured GRU 2x256 (527 steps) ahead of 2x128 (846-969), the AVX2 one 2x128 (564) ahead of 2x192
+    (371); at 5 minutes the AVX2 one GRU 2x256 ahead of both neighbours."""
+    avx512 = {Shape(2, 128, 16): 33_347.0, Shape(2, 256, 16): 18_412.0, Shape(2, 384, 16): 14_617.0}
+    avx2 = {Shape(2, 128, 16): 21_323.0, Shape(2, 192, 16): 15_500.0, Shape(2, 256, 16): 13_486.0}
+    assert sizing.choose(avx512, 128, 60.0, None).shape == Shape(2, 256, 16)
+    assert sizing.choose(avx2, 128, 60.0, None).shape == Shape(2, 128, 16)
+    assert sizing.choose(avx2, 128, 300.0, None).shape == Shape(2, 256, 16)
+    assert sizing_min_steps(60.0) < sizing_min_steps(300.0) < sizing_min_steps(900.0)
 
 
 def test_a_wide_batch_wins_where_it_comes_nearly_free():
@@ -58,13 +72,13 @@ def test_a_wide_batch_wins_where_it_comes_nearly_free():
 def test_nothing_qualifies_picks_the_candidate_with_the_most_steps():
     rates = cpu_rates(500.0)
     choice = sizing.choose(rates, 128, 60.0, None)
-    assert choice.shape == Shape(*SIZING_SHAPES[0], 16)
+    assert choice.shape == Shape(*SIZING_SHAPES["cpu"][0], 16)
 
 
 def test_steps_cap_a_time_budget():
     rates = cpu_rates(10**7)  # so fast that the clock allows anything
     capped = sizing.choose(rates, 128, 300.0, 100)
-    assert capped.steps == 100 and (capped.shape.layers, capped.shape.hidden) == SIZING_SHAPES[0]
+    assert capped.steps == 100 and (capped.shape.layers, capped.shape.hidden) == SIZING_SHAPES["cpu"][0]
 
 
 def test_explicit_flags_win_for_their_own_dimension():
@@ -105,7 +119,7 @@ def test_probe_stops_at_the_first_shape_that_cannot_make_its_steps():
     assert seconds == pytest.approx(0.1 * len(seen))
     for batch in (16, 32):  # per batch: every qualifying shape up to and including the first that fails
         row = [s for s in seen if s.batch_size == batch]
-        ok = [sizing.qualifies(sizing.planned_steps(rates[s], s, 128, 300.0, None), s) for s in row]
+        ok = [sizing.qualifies(sizing.planned_steps(rates[s], s, 128, 300.0, None), s, 300.0) for s in row]
         assert row and ok == [True] * (len(ok) - 1) + [False]
     assert sizing.choose(got, 128, 300.0, None) == sizing.choose(rates, 128, 300.0, None)
 
