@@ -147,14 +147,21 @@ DROPOUT_PASSES = (6.0, 12.0)
 
 # Automatic shape (charrnn.sizing): the candidates, smallest first, and what one needs to be worth its cost.
 # On a CPU budget the number of updates matters more than their width, so a shape qualifies only if it
-# makes sizing_min_steps(budget) effective steps in the budget; the largest that qualifies wins. Fitted from
-# the grids in benchmarks/README.md. At 5 minutes on an AVX2 CPU a wider model that made 1,143 steps lost to
-# a narrower one with 2,039 (LSTM 2x384 vs 2x256), and one that made 1,540 won over one with 1,639 (GRU 2x256
-# vs 2x192): SIZING_MIN_STEPS sits between, with room for the probe's error either way. A shorter budget
-# needs fewer: at 1 minute GRU 2x128 with 564 steps beat 2x192 with 371 (AVX2), and GRU 2x256 with 527 beat
-# 2x128 with 846-969 (AVX-512 BF16), so there the need is about 474 (between 371 and 527). The need grows
-# as budget ** SIZING_STEPS_EXPONENT between the two (compute-optimal training lets both the model and its
-# updates grow with the budget; Chinchilla's fit has the tokens grow as compute ** 0.5).
+# makes sizing_min_steps(budget) effective steps in the budget; the largest that qualifies wins. The need
+# grows with the budget (compute-optimal training lets both the model and its updates grow; Chinchilla's
+# tokens grow as compute ** 0.5), fitted from the grids in benchmarks/README.md at three budgets:
+# - 1 minute, 500: GRU 2x128 with 564 steps beat 2x192 with 371 (AVX2), and GRU 2x256 with 527 beat 2x128
+#   with 846-969 (AVX-512 BF16);
+# - 5 minutes, 1,350: LSTM 2x384 with 1,143 steps lost to 2x256 with 2,039, and GRU 2x256 with 1,540 beat
+#   2x192 with 1,639 (AVX2); GRU 2x512 with 1,519 beat 2x384 (AVX-512 BF16);
+# - 15 minutes, 3,500: LSTM 2x768 with 2,389 steps (its probe planned 3,089) ended at 1.434 nats/char, no
+#   better than GRU 2x512 in 5 minutes, while 2x512 makes 4,600-8,000 (AVX-512 BF16).
+# Between those budgets the need follows the straight line through its neighbours on log-log axes (each
+# anchor set with room for the probe's error either way); below them the first segment's slope, beyond them
+# SIZING_LONG_EXPONENT, Chinchilla's, where no grid was measured.
+SIZING_MIN_STEPS = ((1.0, 500.0), (5.0, 1350.0), (15.0, 3500.0))  # (budget in minutes, effective steps)
+SIZING_LONG_EXPONENT = 0.5
+SIZING_REF_MINUTES = 5.0  # whose need --steps alone uses (no clock: any shape makes the steps it is given)
 # A third layer is for GPUs: on a CPU budget it learned less per step, not only fewer steps (LSTM 3x512 had
 # 1.617 nats/char at step 1,000 against 1.558 for 2x512, in 5 minutes on the AVX-512 BF16 machine).
 _WIDTHS = (128, 192, 256, 384, 512, 768, 1024)
@@ -164,17 +171,18 @@ SIZING_SHAPES = {
 }
 SIZING_BATCHES = {"cpu": (16, 32), "gpu": (32, 64, 128, 256)}  # a CPU gains no speed from wide batches
 SIZING_REF_BATCH = 16  # effective steps are counted in steps of this batch size (sizing.effective_steps)
-SIZING_MIN_STEPS = 1350.0  # effective steps a shape needs in a budget of SIZING_REF_MINUTES ...
-SIZING_REF_MINUTES = 5.0
-SIZING_STEPS_EXPONENT = 0.65  # ... and in another budget, scaled by (budget / SIZING_REF_MINUTES) ** this
 
 
 def sizing_min_steps(budget_s: float | None) -> float:
-    """Effective steps a shape must make in a budget of `budget_s` seconds to qualify (None, --steps alone:
-    the reference budget's need)."""
-    if budget_s is None:
-        return SIZING_MIN_STEPS
-    return SIZING_MIN_STEPS * (budget_s / (60.0 * SIZING_REF_MINUTES)) ** SIZING_STEPS_EXPONENT
+    """Effective steps a shape must make in a budget of `budget_s` seconds to qualify: SIZING_MIN_STEPS
+    interpolated on log-log axes (None, --steps alone: the need of SIZING_REF_MINUTES)."""
+    minutes = SIZING_REF_MINUTES if budget_s is None else budget_s / 60.0
+    pts = SIZING_MIN_STEPS
+    if minutes > pts[-1][0]:
+        return pts[-1][1] * (minutes / pts[-1][0]) ** SIZING_LONG_EXPONENT
+    i = next(k for k in range(1, len(pts)) if minutes <= pts[k][0] or k == len(pts) - 1)  # segment [i-1, i]
+    (m0, s0), (m1, s1) = pts[i - 1], pts[i]
+    return s0 * (minutes / m0) ** (math.log(s1 / s0) / math.log(m1 / m0))
 
 
 # Automatic cell (no --model): the GRU learns more per step and wins short budgets; once its plan reads the
