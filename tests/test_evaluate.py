@@ -66,3 +66,18 @@ def test_eval_of_the_bundled_model_finds_its_shipped_corpus(run_cli, tmp_path):
     report = json.loads(out)
     assert report["text"].startswith("validation split of ") and report["text"].endswith("shakespeare.txt (last 10%)")
     assert report["nats_per_char"] == pytest.approx(checkpoint.load(checkpoint.BUNDLED)["best_val"], abs=1e-4)
+
+
+def test_eval_on_a_cpu_is_fp32_even_where_the_cpu_has_native_bf16(tiny_run, tmp_path, monkeypatch):
+    """A reported figure must not depend on the CPU's bf16: `charrnn eval` scores in fp32 on every CPU, so it
+    equals an fp32 pass (bf16 autocast moved it by ~5e-5 on an AVX-512 BF16 CPU)."""
+    from charrnn import checkpoint, devices
+    from charrnn.evaluate import evaluate_checkpoint
+
+    monkeypatch.setattr(devices, "cpu_has_fast_bf16", lambda: True)
+    text = "".join(np.random.default_rng(3).choice(list("abcde \n"), 4_000))
+    (tmp_path / "t.txt").write_text(text, encoding="utf-8")
+    report = evaluate_checkpoint(tiny_run.run_dir / "best.pt", tmp_path / "t.txt", "cpu")
+    model, vocab = checkpoint.build_model(checkpoint.load(tiny_run.run_dir / "best.pt"))
+    want = evaluate(model, vocab.encode(text), "cpu", torch.float32)
+    assert report["nats_per_char"] == pytest.approx(want.nats_per_char, abs=1e-9)
