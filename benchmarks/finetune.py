@@ -39,6 +39,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("corpus", type=Path)
     ap.add_argument("--minutes", default="1,5", help="budgets, comma-separated")
+    ap.add_argument("--init", default="bundled", help="the model to start from (a .pt, a run folder, or bundled)")
     args = ap.parse_args()
     print(
         f"charrnn fine-tune benchmark: {args.corpus}; CPU {describe_cpu()}",
@@ -47,11 +48,12 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory(prefix="charrnn-finetune-") as tmp:
         for minutes in map(float, args.minutes.split(",")):
-            for init in (None, "bundled"):
-                rows.append(one_run(args.corpus, minutes, init, Path(tmp) / f"{minutes:g}-{init or 'scratch'}"))
+            for init in (None, args.init):
+                out = Path(tmp) / f"{minutes:g}-{'scratch' if init is None else 'init'}"
+                rows.append(one_run(args.corpus, minutes, init, out))
     for minutes in sorted({r["minutes"] for r in rows}):
         scratch, tuned = (
-            next(r for r in rows if r["minutes"] == minutes and r["start"] == s) for s in ("scratch", "bundled")
+            next(r for r in rows if r["minutes"] == minutes and r["start"] == s) for s in ("scratch", args.init)
         )
         print(
             f"{minutes:g} min: fine-tuning ends {scratch['best_val_nats'] - tuned['best_val_nats']:.4f} nats/char lower"
