@@ -152,17 +152,14 @@ def plan(
         return Plan(None, None)
     cands = candidates(device.type, fixed)
     t0 = clock()
-    limit = 0.0 if budget is None else min(PROBE_MAX_SECONDS, PROBE_BUDGET_FRAC * budget)  # for all cells
-    for k, cell in enumerate(cells):
+    for cell in cells:
         if budget is None:  # --steps alone: no clock to measure against
             choice = choose_for_steps(cands, cfg.steps)
         else:
             first = {"model": cell, "layers": cands[0].layers, "hidden": cands[0].hidden}
             probe_ = Probe(ModelConfig(**{**model_flags, **first}), train_ids, cfg.seq_len, device, dtype, world)
-            if k == 0:  # the process's one-time start-up (about 1 s on a CPU), which training would pay anyway
-                probe_.warm(cands[0])
-            rates, took = probe(cands, probe_.rate, cfg.seq_len, budget, cfg.steps, limit=limit, clock=clock)
-            limit -= took  # a second cell (needed only when the first reads the text often) gets what is left
+            limit = min(PROBE_MAX_SECONDS, PROBE_BUDGET_FRAC * budget) / len(cells)
+            rates, _ = probe(cands, probe_.rate, cfg.seq_len, budget, cfg.steps, limit=limit, clock=clock)
             choice = choose(share(rates), cfg.seq_len, budget, cfg.steps)
         passes = choice.steps * choice.shape.batch_size * cfg.seq_len / max(1, len(train_ids))
         if passes < AUTO_CELL_PASSES:
@@ -202,17 +199,6 @@ class Probe:
 
     def rate(self, shape: Shape) -> float:
         """Training chars/s of the whole (global) batch, as this process sees it."""
-        local = max(1, shape.batch_size // self.world)
-        times = self._step_times(shape, 1 + PROBE_TIMED_STEPS)
-        return local * self.seq_len / float(np.median(times[1:])) * (shape.batch_size / local)
-
-    def warm(self, shape: Shape) -> None:
-        """One untimed step: the first step of a process pays for thread pools, allocator and kernel choice,
-        which is no cost of probing; done before the probe's clock starts, the limit buys more shapes."""
-        self._step_times(shape, 1)
-
-    def _step_times(self, shape: Shape, steps: int) -> list[float]:
-        """Seconds of each of `steps` training steps of a fresh model of `shape`."""
         from charrnn.data import Streams
         from charrnn.state import forward_loss, make_optimizer
 
@@ -226,7 +212,7 @@ class Probe:
         streams = Streams(self.train_ids, local, self.seq_len)
         state = model.init_state(local, self.device)
         times = []
-        for k in range(steps):
+        for k in range(1 + PROBE_TIMED_STEPS):
             x, y = (torch.from_numpy(a).to(self.device) for a in streams.window(k))  # (b, T) each
             self._sync()
             t0 = self.clock()
@@ -239,7 +225,7 @@ class Probe:
             state = detach_state(state)
             self._sync()
             times.append(self.clock() - t0)
-        return times
+        return local * self.seq_len / float(np.median(times[1:])) * (shape.batch_size / local)
 
     def _sync(self) -> None:
         if self.device.type == "cuda":

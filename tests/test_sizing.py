@@ -145,7 +145,7 @@ def test_probe_keeps_to_its_share_of_the_budget_whatever_the_first_probe_cost():
         first[0] = False
         return rate
 
-    limit = 9.0  # what plan() gives the probe in a 5-minute budget
+    limit = 4.5  # what plan() gives each of two cells in a 5-minute budget
     got, seconds = sizing.probe(sizing.candidates("cpu", {}), measure, 128, 300.0, None, limit=limit, clock=clock)
     assert seconds <= limit
     assert len(got) >= 4  # it went on past the expensive first probe
