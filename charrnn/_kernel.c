@@ -124,21 +124,14 @@ void rnn_cell(float *a, const float *bias, const float *rows, float *h, long h_s
     }
 }
 
-/* One draw from one row of logits, Sampler._one's float64 arithmetic: p = logits (+ bias, added in float32, the sum
- * also stored to logits_out when that is not NULL); p -= max(p); p *= inv_temp; p = exp(p); p = cumsum(p); the first
- * index whose cumulative sum exceeds u * total (numpy's searchsorted side="right"; V when none does, as with NaNs).
- * work: (V,) float64 scratch. */
-long draw_one(const float *logits, const float *bias, long V, double inv_temp, double u, float *logits_out,
-              double *work) {
+/* One draw from one row of logits, Sampler._one's float64 arithmetic: p = logits; p -= max(p); p *= inv_temp;
+ * p = exp(p); p = cumsum(p); the first index whose cumulative sum exceeds u * total (numpy's searchsorted
+ * side="right"; V when none does, as with NaNs). work: (V,) float64 scratch. */
+long draw_one(const float *logits, long V, double inv_temp, double u, double *work) {
     double top = -INFINITY;
     int nan = 0;
     for (long j = 0; j < V; j++) {
-        float x = logits[j];
-        if (bias) {
-            x = x + bias[j];
-            if (logits_out) logits_out[j] = x;
-        }
-        double p = (double)x;
+        double p = (double)logits[j];
         work[j] = p;
         if (p > top) top = p;
         if (p != p) nan = 1;

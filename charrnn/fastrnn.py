@@ -124,7 +124,7 @@ class Sampler:
                 address, work = logits.ctypes.data, self._work.ctypes.data
                 self._seen = (logits, address, work)
             u = self.rng.random()
-            return np.array([self._draw_one(address, None, logits.shape[1], self.inv_temp, u, None, work)])
+            return np.array([self._draw_one(address, logits.shape[1], self.inv_temp, u, work)])
         return self._one_numpy(logits[0])
 
     def _one_numpy(self, logits: np.ndarray) -> np.ndarray:

@@ -58,7 +58,7 @@ class Kernel:
     lstm_cell: ctypes._CFuncPtr  # (g, bias|None, rows|None, c, h, h_stride, B, H)
     gru_cell: ctypes._CFuncPtr  # (gh, bh|None, gi, bi|None, h, h_stride, B, H)
     rnn_cell: ctypes._CFuncPtr  # (a, bias|None, rows|None, h, h_stride, B, H)
-    draw_one: ctypes._CFuncPtr  # (logits, bias|None, V, inv_temp, u, logits_out|None, work) -> index
+    draw_one: ctypes._CFuncPtr  # (logits, V, inv_temp, u, work) -> index
     lanes: int  # 16 or 8: libmvec's AVX-512 or AVX2 tanhf
 
 
@@ -209,7 +209,7 @@ def _open(path: Path) -> Kernel | None:
         "lstm_cell": ([p, p, p, p, p, lng, i, i], None),
         "gru_cell": ([p, p, p, p, p, lng, i, i], None),
         "rnn_cell": ([p, p, p, p, lng, i, i], None),
-        "draw_one": ([p, p, lng, dbl, dbl, p, p], lng),
+        "draw_one": ([p, lng, dbl, dbl, p], lng),
         "kernel_lanes": ([], i),
     }
     try:
@@ -246,5 +246,5 @@ def _self_test(k: Kernel) -> bool:
     logits = np.array([0.0, 2.0, -1.0, 1.0], np.float32)  # (4,) probabilities .09, .64, .03, .24
     work = np.empty(4)
     cum = np.cumsum(np.exp(logits - 2.0))
-    picks = [k.draw_one(logits.ctypes.data, None, 4, 1.0, u, None, work.ctypes.data) for u in (0.0, 0.5, 0.99)]
+    picks = [k.draw_one(logits.ctypes.data, 4, 1.0, u, work.ctypes.data) for u in (0.0, 0.5, 0.99)]
     return picks == [int(np.searchsorted(cum, u * cum[-1], side="right")) for u in (0.0, 0.5, 0.99)]

@@ -216,7 +216,7 @@ def test_a_damaged_cached_build_is_rebuilt(tmp_path, damage: str) -> None:
     again = kernel.build_and_load(kernel.compiler(), folder)
     assert again is not None and again.path == lib and lib.read_bytes() == good
     logits = np.array([0.0, 3.0, 1.0], np.float32)  # (3,)
-    assert again.draw_one(logits.ctypes.data, None, 3, 1.0, 0.5, None, np.empty(3).ctypes.data) == 1
+    assert again.draw_one(logits.ctypes.data, 3, 1.0, 0.5, np.empty(3).ctypes.data) == 1
 
 
 def test_importing_the_kernel_imports_no_torch(tmp_path) -> None:
