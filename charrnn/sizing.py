@@ -8,6 +8,7 @@ and applies it. Nothing here touches the run's random generators' seeds: the tra
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -151,14 +152,16 @@ def plan(
     if not (auto_shape or auto_cell) and (budget is None or model_flags.get("dropout") is not None):
         return Plan(None, None)
     cands = candidates(device.type, fixed)
+    _import_optimizer_machinery()
     t0 = clock()
-    for cell in cells:
+    for i, cell in enumerate(cells):
         if budget is None:  # --steps alone: no clock to measure against
             choice = choose_for_steps(cands, cfg.steps)
         else:
             first = {"model": cell, "layers": cands[0].layers, "hidden": cands[0].hidden}
             probe_ = Probe(ModelConfig(**{**model_flags, **first}), train_ids, cfg.seq_len, device, dtype, world)
-            limit = min(PROBE_MAX_SECONDS, PROBE_BUDGET_FRAC * budget) / len(cells)
+            left = min(PROBE_MAX_SECONDS, PROBE_BUDGET_FRAC * budget) - (clock() - t0)
+            limit = _cell_limit(left, len(cells) - 1 - i, budget, len(train_ids), cands)
             rates, _ = probe(cands, probe_.rate, cfg.seq_len, budget, cfg.steps, limit=limit, clock=clock)
             choice = choose(share(rates), cfg.seq_len, budget, cfg.steps)
         passes = choice.steps * choice.shape.batch_size * cfg.seq_len / max(1, len(train_ids))
@@ -178,6 +181,37 @@ def plan(
             f"at {choice.rate:,.0f} chars/s, measured in a {seconds:.1f} s probe ({flags} set it)"
         )
     return Plan(choice, cell, seconds, note)
+
+
+def _cell_limit(
+    left: float, later: int, budget_s: float, chars: int, cands: list[Shape]
+) -> Callable[[Mapping[Shape, float]], float]:
+    """The probe seconds one cell may use, from the `left` of the probe's limit, once its first (cheapest)
+    shape is measured: all of them when no `later` cell can be needed, else an equal share.
+
+    A later cell is probed only if this one's choice reads the training text AUTO_CELL_PASSES times. No
+    choice reads faster than the cheapest shape at the widest batch, and a step of k times the streams
+    takes at least as long as one, so at most k times the first rate. In a 1-minute budget on
+    tiny-shakespeare that bound is far below AUTO_CELL_PASSES, and the GRU gets the whole 1.8 s: with half,
+    it measured 2x128 and 2x192 and stopped before 2x256, the best shape of that budget on the AVX-512
+    machine (benchmarks/README.md)."""
+    widen = max(s.batch_size for s in cands) / min(s.batch_size for s in cands)
+
+    def limit(rates: Mapping[Shape, float]) -> float:
+        first = next(iter(rates.values()))
+        needs_later = later > 0 and budget_s * first * widen / max(1, chars) >= AUTO_CELL_PASSES
+        return left / (1 + later) if needs_later else left
+
+    return limit
+
+
+def _import_optimizer_machinery() -> None:
+    """torch's optimizers import torch._dynamo on their first use (torch._disable_dynamo), about 1 s on a
+    2-core CPU. Every training process pays that once, with or without a probe (the trainer's clock starts
+    after its optimizer exists), so it is paid here, before the probe's clock starts. Charged to the probe,
+    it took most of a 1-minute budget's 1.8 s on the first, smallest shape, and the probe stopped there."""
+    with contextlib.suppress(ImportError):
+        import torch._dynamo  # noqa: F401
 
 
 class Probe:
@@ -238,22 +272,29 @@ def probe(
     seq_len: int,
     budget_s: float,
     max_steps: int | None,
-    limit: float | None = None,
+    limit: float | Callable[[Mapping[Shape, float]], float] | None = None,
     clock: Callable[[], float] = time.perf_counter,
 ) -> tuple[dict[Shape, float], float]:
     """Measure candidates from the cheapest up, batch by batch, until one can no longer make the steps it
-    needs (a larger one, slower still, cannot either) or the probe's own time is spent. Returns the rates
-    measured and the seconds the probe took (they count against the budget)."""
-    limit = min(PROBE_MAX_SECONDS, PROBE_BUDGET_FRAC * budget_s) if limit is None else limit
+    needs (a larger one, slower still, cannot either) or the probe's own time is spent. A wider batch
+    starts at the largest shape that already qualified, as no smaller one can be chosen: measuring from
+    the cheapest, a 1-minute probe spent its time on 2x128 and 2x192 at batch 32 and never reached 2x256.
+    Returns the rates measured and the seconds the probe took (they count against the budget). `limit`:
+    the probe's seconds, or a function of the rates measured so far that gives them (_cell_limit)."""
+    if limit is None:
+        limit = min(PROBE_MAX_SECONDS, PROBE_BUDGET_FRAC * budget_s)
+    limit_now = limit if callable(limit) else lambda rates, seconds=limit: seconds
     t0 = clock()
     rates: dict[Shape, float] = {}
+    largest = 0  # size of the largest shape that qualified: choose() never takes a smaller one
     for batch in sorted({s.batch_size for s in cands}):
-        for shape in [s for s in cands if s.batch_size == batch]:
-            if rates and clock() - t0 + _probe_cost(shape, rates, seq_len) > limit:
+        for shape in [s for s in cands if s.batch_size == batch and size(s) >= largest]:
+            if rates and clock() - t0 + _probe_cost(shape, rates, seq_len) > limit_now(rates):
                 break
             rates[shape] = measure(shape)
             if not qualifies(planned_steps(rates[shape], shape, seq_len, budget_s, max_steps), shape, budget_s):
                 break
+            largest = max(largest, size(shape))
     return rates, clock() - t0
 
 

@@ -151,6 +151,60 @@ def test_probe_keeps_to_its_share_of_the_budget_whatever_the_first_probe_cost():
     assert len(got) >= 4  # it went on past the expensive first probe
 
 
+def zen5_rates(shape: Shape) -> float:
+    """chars/s shaped like the GRU probe's on the AVX-512 machine (bf16): time per character grows with the
+    recurrent weights but far slower than they do (2x128 30k, 2x256 20k, 2x512 10k), and batch 32 runs 1.5x
+    the characters per second of batch 16."""
+    per_char = 25e-6 + 0.15e-9 * sizing.size(shape)  # seconds
+    return (1.5 if shape.batch_size == 32 else 1.0) / per_char
+
+
+def timed(rates, clock: FakeClock, seen: list):
+    def measure(shape):
+        seen.append(shape)
+        clock.now += (1 + sizing.PROBE_TIMED_STEPS) * shape.batch_size * 128 / rates(shape)
+        return rates(shape)
+
+    return measure
+
+
+def test_a_one_minute_probe_reaches_the_shape_it_would_choose_with_every_speed_known():
+    """In 1 minute the probe may take 1.8 s: starting batch 32 from its cheapest shape spent it on shapes
+    the probe could never choose, as smaller than a batch-16 shape that already qualified."""
+    clock, seen = FakeClock(), []
+    cands = sizing.candidates("cpu", {})
+    got, seconds = sizing.probe(cands, timed(zen5_rates, clock, seen), 128, 60.0, None, clock=clock)
+    everything = {s: zen5_rates(s) for s in cands}
+    assert seconds <= 1.8
+    assert sizing.choose(got, 128, 60.0, None).shape == sizing.choose(everything, 128, 60.0, None).shape
+    assert sizing.choose(got, 128, 60.0, None).shape.hidden == 256
+    largest_16 = max(sizing.size(s) for s in seen if s.batch_size == 16 and s in got and s.hidden <= 256)
+    assert all(sizing.size(s) >= largest_16 for s in seen if s.batch_size == 32)
+
+
+def test_the_first_cell_gets_the_whole_probe_when_no_later_cell_can_be_needed():
+    cands = sizing.candidates("cpu", {})
+    first = {cands[0]: 30_000.0}
+    big_text = sizing._cell_limit(1.8, 1, 60.0, 10**6, cands)(first)  # at most 2 * 30k * 60 / 1M = 3.6 passes
+    small_text = sizing._cell_limit(1.8, 1, 60.0, 10**5, cands)(first)  # 36 passes: the LSTM may follow
+    assert big_text == 1.8 and small_text == 0.9
+    assert sizing._cell_limit(1.8, 0, 60.0, 10**5, cands)(first) == 1.8  # the last cell: all that is left
+
+
+def test_the_one_time_optimizer_import_is_not_charged_to_the_probe(monkeypatch):
+    """torch's optimizers import torch._dynamo on first use (about 1 s): every training process pays it, with
+    or without a probe, so plan() pays it before its clock starts."""
+    from charrnn.config import TrainConfig
+
+    clock = FakeClock()
+    monkeypatch.setattr(sizing, "_import_optimizer_machinery", lambda: setattr(clock, "now", clock.now + 1.0))
+    monkeypatch.setattr(sizing.Probe, "rate", lambda self, shape: clock.__setattr__("now", clock.now + 0.1) or 1e4)
+    cfg = TrainConfig(minutes=1.0, device="cpu", precision="fp32")
+    ids = np.zeros(10**6, np.uint8)
+    plan = sizing.plan({"vocab_size": 65}, {}, cfg, ids, torch.device("cpu"), torch.float32, clock=clock)
+    assert clock.now > 1.0 and plan.seconds == pytest.approx(clock.now - 1.0)
+
+
 def test_probe_rate_leaves_out_the_warm_up_step():
     """A first step 100x slower than the rest (kernel selection, allocation) does not change the rate."""
     ticks = itertools.chain([0.0, 10.0], itertools.count(20.0, 0.05))  # warm-up 10 s, then 0.05 s a step
