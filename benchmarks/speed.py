@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from charrnn import checkpoint, kernel
+from charrnn import checkpoint, fastrnn, kernel
 from charrnn.config import ModelConfig, SampleConfig, to_dict
 from charrnn.devices import describe_cpu, pick_dtype
 from charrnn.loop import Trainer
@@ -125,9 +125,9 @@ def sample_rate(
     return num * length / t
 
 
-def matvec_bound(model: CharRNN, repeats: int, steps: int = 2000) -> float:
-    """The sampler's bound at batch 1, in chars/s: only the matrix-vector products one step must make
-    (every weight read once), nothing around them, on the same arrays the sampler uses."""
+def matvec_products(model: CharRNN, steps: int = 2000):
+    """The sampler's bound at batch 1: a function making `steps` steps' matrix-vector products alone (every
+    weight read once a step), nothing around them, on the same arrays the sampler uses."""
     rnn = fast_rnn(model, backend="numpy")
     rnn.reset_zero(1)
     maps = [(w, rnn.h[:, lo:hi], np.empty((1, len(w)), np.float32)) for w, _, lo, hi in rnn.maps]
@@ -137,7 +137,48 @@ def matvec_bound(model: CharRNN, repeats: int, steps: int = 2000) -> float:
             for w, x, out in maps:
                 np.matmul(x, w.T, out=out)  # (1, N)
 
-    return steps / median_time(products, repeats)
+    return products
+
+
+def share_of_bound(model: CharRNN, repeats: int, length: int = 2000) -> dict[str, float]:
+    """chars/s at batch 1 of the bound (the products alone), of the sampler with its compiled kernel, and
+    of the sampler on numpy alone (CHARRNN_KERNEL=0), timed in turn, `repeats` rounds of each; medians,
+    and each sampler's share of the bound as the median of its rounds' ratios. On a 2-core VM a second's
+    load or a frequency change moved one back-to-back measurement by 10-20%; in turn, it moves all three.
+
+    The sampler is the loop `charrnn sample` runs (warm on the prime, then draw and step), on a FastRNN
+    built once: building one (6 ms for 2x512) is part of the start-up, which first_char_seconds times."""
+    cfg = SampleConfig(length=length, num=1, seed=0)
+    before = os.environ.get("CHARRNN_KERNEL")
+
+    def sampler(use_kernel: bool):
+        os.environ["CHARRNN_KERNEL"] = "1" if use_kernel else "0"  # read when a FastRNN or Sampler is built
+        rnn = fast_rnn(model)
+
+        def run() -> None:
+            os.environ["CHARRNN_KERNEL"] = "1" if use_kernel else "0"
+            sum(1 for _ in fastrnn.generate(rnn, VOCAB, cfg))
+
+        return run
+
+    runs = {"bound": matvec_products(model, length), "kernel": sampler(True), "numpy": sampler(False)}
+    rates: dict[str, list[float]] = {name: [] for name in runs}
+    try:
+        for _ in range(repeats + 1):
+            for name, fn in runs.items():
+                t = time.perf_counter()
+                fn()
+                rates[name].append(length / (time.perf_counter() - t))
+    finally:
+        if before is None:
+            os.environ.pop("CHARRNN_KERNEL", None)
+        else:
+            os.environ["CHARRNN_KERNEL"] = before
+    rates = {name: r[1:] for name, r in rates.items()}  # the first round warms caches and the kernel's plan
+    out = {name: statistics.median(r) for name, r in rates.items()}
+    for name in ("kernel", "numpy"):
+        out[f"{name}_of_bound"] = statistics.median(x / b for x, b in zip(rates[name], rates["bound"]))
+    return out
 
 
 def smaller_weights(model: CharRNN, repeats: int) -> dict:
@@ -288,25 +329,25 @@ def sampling(result: dict, repeats: int, tmp: Path, quick: bool) -> None:
     for hidden in (512, 256):
         torch.manual_seed(0)
         model = CharRNN(ModelConfig(vocab_size=len(VOCAB), hidden=hidden, layers=2, embed=128)).eval()
-        bound = matvec_bound(model, repeats)
+        rates = share_of_bound(model, repeats)
+        bound, one, plain = rates["bound"], rates["kernel"], rates["numpy"]
         result["sample"][f"lstm2x{hidden}/matvec_bound"] = round(bound)
-        for num in (1, 32):
-            rate = sample_rate(model, num, 2000 if num == 1 else 500, repeats)
-            result["sample"][f"lstm2x{hidden}/num{num}"] = round(rate)
-            print(f"  lstm 2x{hidden} --num {num:2d}: {rate:>9,.0f} chars/s", flush=True)
-        plain = sample_rate(model, 1, 2000, repeats, use_kernel=False)
+        result["sample"][f"lstm2x{hidden}/num1"] = round(one)
+        print(f"  lstm 2x{hidden} --num  1: {one:>9,.0f} chars/s", flush=True)
+        rate = sample_rate(model, 32, 500, repeats)
+        result["sample"][f"lstm2x{hidden}/num32"] = round(rate)
+        print(f"  lstm 2x{hidden} --num 32: {rate:>9,.0f} chars/s", flush=True)
         result["sample"][f"lstm2x{hidden}/num1_numpy"] = round(plain)
-        result["sample"][f"lstm2x{hidden}/num1_numpy_of_bound"] = round(plain / bound, 3)
+        result["sample"][f"lstm2x{hidden}/num1_numpy_of_bound"] = round(rates["numpy_of_bound"], 3)
         if hidden == 512:
             small = smaller_weights(model, repeats)
             result["sample"]["lstm2x512/matvec_steps_per_s_by_dtype"] = small
             print(f"  lstm 2x512 matrix-vector steps/s by weight type (numpy): {small}", flush=True)
-        one = result["sample"][f"lstm2x{hidden}/num1"]
-        result["sample"][f"lstm2x{hidden}/num1_of_bound"] = round(one / bound, 3)
+        result["sample"][f"lstm2x{hidden}/num1_of_bound"] = round(rates["kernel_of_bound"], 3)
         print(
             f"  lstm 2x{hidden} bound at batch 1 (its matrix-vector products alone): {bound:,.0f} chars/s; "
-            f"the sampler makes {one / bound:.0%} of it ({one:,.0f} chars/s; numpy gates without the kernel "
-            f"{plain:,.0f} chars/s = {plain / bound:.0%})",
+            f"the sampler makes {rates['kernel_of_bound']:.0%} of it ({one:,.0f} chars/s; numpy gates without "
+            f"the kernel {plain:,.0f} chars/s = {rates['numpy_of_bound']:.0%}; the three timed in turn)",
             flush=True,
         )
         if hidden == 512:

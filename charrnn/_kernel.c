@@ -150,3 +150,72 @@ long draw_one(const float *logits, long V, double inv_temp, double u, double *wo
         if (work[j] > target) return j;
     return V;
 }
+
+/* A whole batch-1 step in one call: what FastRNN._step_kernel does with three or more numpy matmuls and one
+ * kernel call per layer, each paying Python's and numpy's call overhead (about a quarter of a 2x512 LSTM step).
+ * The matrix-vector products go through the BLAS numpy's matmul runs on (its cblas_sgemv, whose address
+ * kernel.py finds), so they keep its speed and its threads; the cells are the ones above.
+ *
+ * sgemv is declared with 64-bit integers. An LP64 BLAS (32-bit integers) reads the low halves of the same
+ * registers and stack slots on x86-64, the only platform with a kernel, so either kind works for these sizes. */
+typedef void (*sgemv_fn)(int layout, int trans, long m, long n, float alpha, const float *a, long lda,
+                         const float *x, long incx, float beta, float *y, long incy);
+enum { CBLAS_ROW_MAJOR = 101, CBLAS_NO_TRANS = 111 };
+
+/* y (n,) = W (n, k) row-major times x (k,); b (n,) the map's bias or NULL, added by the cell (or, for the head,
+ * by step1). */
+typedef struct {
+    const float *w, *b, *x;
+    float *y;
+    long n, k;
+} product;
+
+#define MAX_PRODUCTS 33 /* 16 GRU layers of two products, and the head */
+
+typedef struct {
+    sgemv_fn gemv;
+    int kind; /* 0 LSTM, 1 GRU, 2 tanh RNN */
+    int layers;
+    long hidden;
+    const float *table; /* (V, G*H) layer 0's input share by id, biases included */
+    long vocab, row_len;
+    float *h;        /* (L*H,) the state buffer */
+    float *c;        /* (L, H) the LSTM's cells, or NULL */
+    product p[MAX_PRODUCTS]; /* per layer its hidden-state product, then (GRU above layer 0) its input product;
+                                the head last */
+} step_plan;
+
+static void gemv(const step_plan *s, const product *q) {
+    s->gemv(CBLAS_ROW_MAJOR, CBLAS_NO_TRANS, q->n, q->k, 1.0f, q->w, q->k, q->x, 1, 0.0f, q->y, 1);
+}
+
+/* Feed character `id`; the logits land in the head product's y. Returns 0, or -1 for an id outside the table
+ * (nothing is read or changed then). */
+int step1(const step_plan *s, long id) {
+    if (id < 0 || id >= s->vocab) return -1;
+    const long H = s->hidden;
+    const float *rows = s->table + id * s->row_len;
+    const product *q = s->p;
+    for (int l = 0; l < s->layers; l++, q++) {
+        float *hl = s->h + l * H;
+        gemv(s, q);
+        if (s->kind == 0) {
+            lstm_cell(q->y, q->b, l == 0 ? rows : NULL, s->c + l * H, hl, s->layers * H, 1, (int)H);
+        } else if (s->kind == 1) {
+            if (l == 0) {
+                gru_cell(q->y, q->b, rows, NULL, hl, s->layers * H, 1, (int)H);
+            } else {
+                const product *in = q + 1;
+                gemv(s, in);
+                gru_cell(q->y, q->b, in->y, in->b, hl, s->layers * H, 1, (int)H);
+                q++;
+            }
+        } else {
+            rnn_cell(q->y, q->b, l == 0 ? rows : NULL, hl, s->layers * H, 1, (int)H);
+        }
+    }
+    gemv(s, q);
+    if (q->b)
+        for (long j = 0; j < q->n; j++) q->y[j] += q->b[j];
+    return 0;
+}

@@ -8,6 +8,7 @@ oneDNN linear, which is faster there.
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import sys
 from collections.abc import Iterator, Mapping, Sequence
@@ -189,7 +190,7 @@ class FastRNN:
             w = weights.get(f"rnn.{name}")
             if w is None:  # a cell built with bias=False
                 return np.zeros(rows)
-            return np.array(w, dtype=dtype)
+            return np.asarray(w, dtype=dtype)  # only read: every array kept below is a new one
 
         # Per-row order and scale: sigmoid gates get the 0.5 of the tanh identity.
         if self.kind == "lstm":  # torch order i, f, g, o -> i, f, o, g
@@ -204,11 +205,17 @@ class FastRNN:
         G = len(order) // H
         self.gates = G
 
-        def gate_rows(w: np.ndarray) -> np.ndarray:
-            """Reordered, scaled copy of a weight. Float32 throughout: halving is exact, and a float64
-            detour for the large matrices made a FastRNN several times slower to build."""
-            out = w[order]  # (G*H, K) a copy
-            out *= scale[:, None].astype(np.float32)
+        def gate_rows(*parts: np.ndarray) -> np.ndarray:
+            """Reordered, scaled copy of weights side by side ([W_ih | W_hh] for one map over [h_{l-1}, h_l]),
+            written gate block by gate block in one pass: each block is H contiguous rows with one scale.
+            Float32 throughout (halving is exact); fancy indexing, an in-place scale and a concatenation made
+            three passes and took most of a 2x512 FastRNN's 50 ms build, which every `charrnn sample` pays."""
+            cols = np.cumsum([0, *(w.shape[1] for w in parts)])
+            out = np.empty((G * H, cols[-1]), np.float32)  # (G*H, K)
+            for g in range(G):
+                src, k = order[g * H], np.float32(scale[g * H])
+                for w, lo, hi in zip(parts, cols[:-1], cols[1:]):
+                    np.multiply(w[src : src + H], k, out=out[g * H : (g + 1) * H, lo:hi])
             return out
 
         # Affine maps x -> x @ W.T + b, each reading a column range of the state buffer. Per layer: the
@@ -234,7 +241,7 @@ class FastRNN:
                 input_map = self._add_map(gate_rows(w_ih), b_ih, (layer - 1) * H, layer * H)
                 self.layer_maps.append([hidden_map, input_map])
             else:
-                w = gate_rows(np.concatenate([w_ih, w_hh], axis=1))  # (G*H, 2H) over [h_{l-1}, h_l]
+                w = gate_rows(w_ih, w_hh)  # (G*H, 2H) over [h_{l-1}, h_l]
                 self.layer_maps.append([self._add_map(w, b_ih + b_hh, (layer - 1) * H, (layer + 1) * H)])
         head_w = weights.get("head.weight", weights["embed.weight"])  # tied weights may be stored once
         self.head_map = self._add_map(np.asarray(head_w), weights.get("head.bias"), (L - 1) * H, L * H)  # (V, H)
@@ -279,6 +286,7 @@ class FastRNN:
         else:
             self._out = [np.empty((B, len(w)), np.float32) for w, _, _, _ in self.maps]  # (B, N) each
         self._plan = self._kernel_plan() if self.active == "numpy" and self.kernel is not None else None
+        self._fused = self._fused_plan() if self._plan is not None and B == 1 else None
 
     def _kernel_plan(self) -> list[tuple[Any, ...]]:
         """Per layer, the matmuls (input view, transposed weight, output) and the kernel call's arguments, the
@@ -313,6 +321,28 @@ class FastRNN:
             plan.append(([mm(i) for i in maps], cell, g, b, third, rest))
         self._head_mm = (*mm(self.head_map), self.maps[self.head_map][1])
         return plan
+
+    def _fused_plan(self) -> int | None:
+        """At batch 1, the kernel's step1 (the whole step in one call, the products through numpy's BLAS) as
+        the address of its plan; None where the kernel found no BLAS to call or the model is too deep. Built
+        from the same buffers as _kernel_plan, so the two paths share one state."""
+        k = self.kernel
+        if k.sgemv is None or len(self.maps) > kernel.MAX_PRODUCTS:
+            return None
+
+        def addr(a: np.ndarray | None) -> int | None:
+            return None if a is None else a.ctypes.data
+
+        plan = kernel.StepPlan(gemv=k.sgemv, kind=("lstm", "gru", "rnn").index(self.kind), layers=self.layers)
+        plan.hidden, plan.table, plan.vocab, plan.row_len = self.hidden, addr(self.table), *map(int, self.table.shape)
+        plan.h, plan.c = addr(self.h), addr(self.c)
+        order = [i for maps in self.layer_maps for i in maps] + [self.head_map]  # the order step1 runs them in
+        for slot, i in enumerate(order):
+            w, b, lo, hi = self.maps[i]
+            x = self.h[0, lo:hi]  # (K,) contiguous at batch 1
+            plan.p[slot] = kernel.Product(addr(w), addr(b), addr(x), addr(self._out[i]), *map(int, w.shape))
+        self._fused_keep = plan  # the structure's memory; the buffers it points to live until the next reset
+        return ctypes.addressof(plan)
 
     def _choose_backend(self, batch: int) -> str:
         """oneDNN only where torch is already loaded: this module never imports it (a sampler that starts
@@ -359,6 +389,9 @@ class FastRNN:
         which refuses it as before)."""
         one = len(ids) == 1 == len(self.rows) and isinstance(ids, np.ndarray) and ids.dtype.kind in "iu"
         if one and 0 <= (i := int(ids[0])) < len(self.table):
+            if self._fused is not None:
+                self.kernel.step1(self._fused, i)
+                return self._out[self.head_map]  # (1, V)
             rows = self._table_addr + i * self._row_bytes  # (1, G*H) the id's table row
         else:
             np.take(self.table, ids, axis=0, out=self.rows)  # (B, G*H)

@@ -26,7 +26,7 @@ import shlex
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -59,7 +59,35 @@ class Kernel:
     gru_cell: ctypes._CFuncPtr  # (gh, bh|None, gi, bi|None, h, h_stride, B, H)
     rnn_cell: ctypes._CFuncPtr  # (a, bias|None, rows|None, h, h_stride, B, H)
     draw_one: ctypes._CFuncPtr  # (logits, V, inv_temp, u, work) -> index
+    step1: ctypes._CFuncPtr  # (address of a StepPlan, id) -> 0, or -1 for an id outside the table
     lanes: int  # 16 or 8: libmvec's AVX-512 or AVX2 tanhf
+    sgemv: int | None  # the address of cblas_sgemv in numpy's BLAS, which step1 needs; None: not found
+
+
+class Product(ctypes.Structure):
+    """_kernel.c's `product`: y (n,) = W (n, k) x, and the map's bias b (n,) or NULL; addresses as integers."""
+
+    _fields_ = [(f, ctypes.c_void_p) for f in ("w", "b", "x", "y")] + [("n", ctypes.c_long), ("k", ctypes.c_long)]
+
+
+MAX_PRODUCTS = 33  # as in _kernel.c: 16 GRU layers of two products, and the head
+
+
+class StepPlan(ctypes.Structure):
+    """_kernel.c's `step_plan`: everything step1 reads, addresses as integers (FastRNN._fused_plan fills it)."""
+
+    _fields_ = [
+        ("gemv", ctypes.c_void_p),
+        ("kind", ctypes.c_int),  # 0 LSTM, 1 GRU, 2 tanh RNN
+        ("layers", ctypes.c_int),
+        ("hidden", ctypes.c_long),
+        ("table", ctypes.c_void_p),
+        ("vocab", ctypes.c_long),
+        ("row_len", ctypes.c_long),
+        ("h", ctypes.c_void_p),
+        ("c", ctypes.c_void_p),
+        ("p", Product * MAX_PRODUCTS),
+    ]
 
 
 def load() -> Kernel | None:
@@ -210,6 +238,7 @@ def _open(path: Path) -> Kernel | None:
         "gru_cell": ([p, p, p, p, p, lng, i, i], None),
         "rnn_cell": ([p, p, p, p, lng, i, i], None),
         "draw_one": ([p, lng, dbl, dbl, p], lng),
+        "step1": ([p, lng], i),
         "kernel_lanes": ([], i),
     }
     try:
@@ -219,10 +248,38 @@ def _open(path: Path) -> Kernel | None:
             f.argtypes, f.restype = args, res
             funcs[name] = f
         lanes = funcs.pop("kernel_lanes")()
-        kernel = Kernel(lib=lib, path=path, lanes=lanes, **funcs)
+        kernel = Kernel(lib=lib, path=path, lanes=lanes, sgemv=None, **funcs)
     except AttributeError:  # a build of another source under this name
         return None
-    return kernel if lanes > 1 and _self_test(kernel) else None  # scalar tanhf: slower than numpy
+    if not (lanes > 1 and _self_test(kernel)):  # lanes 1, a scalar tanhf: slower than numpy
+        return None
+    sgemv = _blas_sgemv()
+    return replace(kernel, sgemv=sgemv) if sgemv is not None and _step_test(kernel, sgemv) else kernel
+
+
+_SGEMV_NAMES = ("scipy_cblas_sgemv64_", "scipy_cblas_sgemv", "cblas_sgemv64_", "cblas_sgemv")  # numpy's wheels first
+
+
+def _blas_sgemv() -> int | None:
+    """The address of cblas_sgemv in the BLAS numpy's matmul runs on, or None. threadpoolctl knows which
+    libraries are the process's BLAS (numpy's wheels bundle OpenBLAS under a prefixed, 64-bit-integer name,
+    scipy_cblas_sgemv64_; a distribution's numpy links the system's cblas_sgemv); numpy's own comes first."""
+    try:
+        from threadpoolctl import threadpool_info
+
+        paths = [i["filepath"] for i in threadpool_info() if i.get("user_api") == "blas"]
+    except Exception:  # noqa: BLE001 - no BLAS found means the numpy matmuls, not a failure
+        return None
+    numpy_dir = str(Path(np.__file__).parent)
+    for path in sorted(paths, key=lambda p: not p.startswith(numpy_dir)):  # numpy.libs/ sits beside numpy/
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for name in _SGEMV_NAMES:
+            if hasattr(lib, name):
+                return ctypes.cast(getattr(lib, name), ctypes.c_void_p).value
+    return None
 
 
 def _self_test(k: Kernel) -> bool:
@@ -248,3 +305,22 @@ def _self_test(k: Kernel) -> bool:
     cum = np.cumsum(np.exp(logits - 2.0))
     picks = [k.draw_one(logits.ctypes.data, 4, 1.0, u, work.ctypes.data) for u in (0.0, 0.5, 0.99)]
     return picks == [int(np.searchsorted(cum, u * cum[-1], side="right")) for u in (0.0, 0.5, 0.99)]
+
+
+def _step_test(k: Kernel, sgemv: int) -> bool:
+    """step1 through the BLAS found, on a one-layer tanh RNN (H 3, V 2) against numpy: a BLAS whose cblas_sgemv
+    takes other arguments than _kernel.c declares is never used."""
+    w = np.array([[0.5, -1.0, 0.25], [1.5, 0.0, -0.5], [0.0, 2.0, 1.0]], np.float32)  # (H, H)
+    head = np.array([[1.0, -1.0, 0.5], [0.25, 0.5, -2.0]], np.float32)  # (V, H)
+    head_b = np.array([0.125, -0.25], np.float32)  # (V,)
+    table = np.array([[0.1, -0.2, 0.3], [-0.4, 0.5, 0.6]], np.float32)  # (V, H)
+    h0 = np.array([0.3, -0.7, 0.9], np.float32)  # (H,)
+    h, a, logits = h0.copy(), np.empty(3, np.float32), np.empty(2, np.float32)
+    plan = StepPlan(gemv=sgemv, kind=2, layers=1, hidden=3, table=table.ctypes.data, vocab=2, row_len=3)
+    plan.h = h.ctypes.data
+    plan.p[0] = Product(w.ctypes.data, None, h.ctypes.data, a.ctypes.data, 3, 3)
+    plan.p[1] = Product(head.ctypes.data, head_b.ctypes.data, h.ctypes.data, logits.ctypes.data, 2, 3)
+    if k.step1(ctypes.addressof(plan), 1) != 0 or k.step1(ctypes.addressof(plan), 2) != -1:
+        return False
+    want_h = np.tanh(w.astype(np.float64) @ h0 + table[1])
+    return np.allclose(h, want_h, atol=1e-6) and np.allclose(logits, head @ want_h + head_b, atol=1e-5)

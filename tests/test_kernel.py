@@ -4,6 +4,7 @@ importing the kernel imports no torch."""
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
 import subprocess
@@ -57,10 +58,54 @@ def test_kernel_logits_match_numpy_for_300_steps(kind: str, batch: int, layers: 
     plain.reset(state)
     fast.reset(state)
     assert fast._plan is not None and plain._plan is None
+    assert (fast._fused is not None) == (batch == 1)  # one row: the whole step is one call, through numpy's BLAS
     for _ in range(300):
         ids = rng.integers(0, len(VOCAB), batch)  # (B,)
         np.testing.assert_allclose(fast.step(ids), plain.step(ids), rtol=0, atol=1e-5)
     for got, want in zip(fast.state(), plain.state(), strict=True):
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+
+
+@needs_kernel
+def test_the_kernel_finds_numpys_blas_and_its_sgemv_is_numpys_matmul() -> None:
+    """step1 calls the cblas_sgemv of the library numpy's matmul runs on; a product through it equals numpy's
+    to rounding (the same kernels, reached without numpy's and Python's call overhead)."""
+    k = kernel.load()
+    assert k is not None and k.sgemv is not None
+    rng = np.random.default_rng(3)
+    w = rng.standard_normal((300, 70)).astype(np.float32)  # (N, K)
+    x, y = rng.standard_normal(70).astype(np.float32), np.empty(300, np.float32)  # (K,), (N,)
+    fn = ctypes.CFUNCTYPE(
+        None,
+        *[ctypes.c_int] * 2,
+        *[ctypes.c_long] * 2,
+        ctypes.c_float,
+        ctypes.c_void_p,
+        ctypes.c_long,
+        ctypes.c_void_p,
+        ctypes.c_long,
+        ctypes.c_float,
+        ctypes.c_void_p,
+        ctypes.c_long,
+    )(k.sgemv)
+    fn(101, 111, 300, 70, 1.0, w.ctypes.data, 70, x.ctypes.data, 1, 0.0, y.ctypes.data, 1)
+    np.testing.assert_allclose(y, (x[None, :] @ w.T)[0], rtol=0, atol=1e-5)
+
+
+@needs_kernel
+@pytest.mark.parametrize("kind", KINDS)
+def test_without_a_blas_to_call_the_kernel_steps_layer_by_layer_and_gives_the_same_logits(kind, monkeypatch) -> None:
+    monkeypatch.setattr(kernel, "_blas_sgemv", lambda: None)
+    _, split = pair(make_model(kind, layers=3), monkeypatch)
+    kernel._load_cached.cache_clear()
+    monkeypatch.undo()
+    _, fused = pair(make_model(kind, layers=3), monkeypatch)
+    assert split._fused is None and split._plan is not None and fused._fused is not None
+    rng = np.random.default_rng(4)
+    for _ in range(100):
+        ids = rng.integers(0, len(VOCAB), 1)  # (1,)
+        np.testing.assert_allclose(fused.step(ids), split.step(ids), rtol=0, atol=1e-5)
+    for got, want in zip(fused.state(), split.state(), strict=True):
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
 
 
