@@ -107,3 +107,15 @@ def autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractCon
     if dtype == torch.float32:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def full_precision(device: torch.device) -> contextlib.AbstractContextManager:
+    """Leave the autocast a caller entered, for code that must run in fp32 inside it: torch's adaptive
+    softmax (AdaptiveLogSoftmaxWithLoss) copies its clusters' bf16 results into an fp32 output under
+    autocast, and index_copy_ refuses the mix, so training on a large vocabulary crashed on every CPU with
+    native bf16 (and on a GPU in bf16 or fp16)."""
+    import torch
+
+    if torch.is_autocast_enabled(device.type):
+        return torch.autocast(device_type=device.type, enabled=False)
+    return contextlib.nullcontext()

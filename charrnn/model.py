@@ -15,6 +15,7 @@ from torch import nn
 from torch.func import functional_call
 
 from charrnn.config import ModelConfig
+from charrnn.devices import full_precision
 
 State = tuple[torch.Tensor, ...]
 
@@ -95,9 +96,10 @@ class CharRNN(nn.Module):
                 return logits, new_state
             return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten()), new_state
         flat = out.reshape(-1, out.shape[-1]).float()  # (B*T, H)
-        if targets is not None:
-            return self.head(flat, self.rank[targets.flatten()]).loss, new_state
-        log_p = self.head.log_prob(flat)[:, self.rank]  # (B*T, V) in character-id order
+        with full_precision(flat.device):
+            if targets is not None:
+                return self.head(flat, self.rank[targets.flatten()]).loss, new_state
+            log_p = self.head.log_prob(flat)[:, self.rank]  # (B*T, V) in character-id order
         return log_p.view(*out.shape[:2], -1), new_state  # (B, T, V)
 
     def _drop(self, x: torch.Tensor) -> torch.Tensor:

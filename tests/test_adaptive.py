@@ -103,3 +103,20 @@ def test_a_large_vocabulary_trains_saves_scores_and_samples_with_an_adaptive_hea
     cfg = SampleConfig(length=30, seed=4)
     text = "".join(c[0] for c in generate(model, vocab, cfg))
     assert len(text) == 30 and text == "".join(c[0] for c in naive_generate(model, vocab, cfg))
+
+
+def test_the_adaptive_head_trains_and_scores_under_bf16_autocast():
+    """What a CPU with native bf16 (and a GPU) runs: torch's adaptive softmax mixed bf16 cluster outputs into
+    an fp32 tensor under autocast and index_copy_ refused it (a traceback on the first probe step of a CJK
+    corpus on the AVX-512 BF16 machine). The head now runs in fp32 inside the autocast."""
+    model = adaptive_model(2500).train()
+    ids = torch.randint(0, 2500, (3, 17))  # (B, T) reaching the head and both tail clusters
+    targets = torch.randint(0, 2500, (3, 17))  # (B, T)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss, _ = model(ids, None, targets)
+        log_p, _ = model.eval()(ids)  # (B, T, V)
+    loss.backward()
+    assert loss.dtype == torch.float32 and math.isfinite(loss.item())
+    assert model.embed.weight.grad is not None
+    assert log_p.dtype == torch.float32
+    np.testing.assert_allclose(log_p.detach().exp().sum(-1).numpy(), 1.0, atol=1e-4)
