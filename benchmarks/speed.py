@@ -9,6 +9,7 @@ Figures are medians of repeated timings. The last line is `RESULT {json}`.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -107,21 +108,26 @@ def train_throughput(corpus: Path, cell: str, hidden: int, precision: str, repea
     }
 
 
-def sample_rate(
-    model: CharRNN, num: int, length: int, repeats: int, naive: bool = False, use_kernel: bool = True
-) -> float:
-    """chars/s of `generate`; use_kernel=False: as with CHARRNN_KERNEL=0, numpy ufuncs for the gates and draw."""
-    cfg = SampleConfig(length=length, num=num, seed=0)
-    gen = naive_generate if naive else generate
+@contextlib.contextmanager
+def kernel_switch(on: bool):
+    """CHARRNN_KERNEL set for the duration (FastRNN and Sampler read it when they are built), then restored."""
     before = os.environ.get("CHARRNN_KERNEL")
-    os.environ["CHARRNN_KERNEL"] = "1" if use_kernel else "0"  # read when generate builds its FastRNN
+    os.environ["CHARRNN_KERNEL"] = "1" if on else "0"
     try:
-        t = median_time(lambda: sum(1 for _ in gen(model, VOCAB, cfg)), repeats)
+        yield
     finally:
         if before is None:
-            del os.environ["CHARRNN_KERNEL"]
+            os.environ.pop("CHARRNN_KERNEL", None)
         else:
             os.environ["CHARRNN_KERNEL"] = before
+
+
+def sample_rate(model: CharRNN, num: int, length: int, repeats: int, naive: bool = False) -> float:
+    """chars/s of `generate` (or of the naive nn.LSTM loop), with the compiled kernel where there is one."""
+    cfg = SampleConfig(length=length, num=num, seed=0)
+    gen = naive_generate if naive else generate
+    with kernel_switch(True):
+        t = median_time(lambda: sum(1 for _ in gen(model, VOCAB, cfg)), repeats)
     return num * length / t
 
 
@@ -149,31 +155,24 @@ def share_of_bound(model: CharRNN, repeats: int, length: int = 2000) -> dict[str
     The sampler is the loop `charrnn sample` runs (warm on the prime, then draw and step), on a FastRNN
     built once: building one (6 ms for 2x512) is part of the start-up, which first_char_seconds times."""
     cfg = SampleConfig(length=length, num=1, seed=0)
-    before = os.environ.get("CHARRNN_KERNEL")
 
     def sampler(use_kernel: bool):
-        os.environ["CHARRNN_KERNEL"] = "1" if use_kernel else "0"  # read when a FastRNN or Sampler is built
-        rnn = fast_rnn(model)
+        with kernel_switch(use_kernel):
+            rnn = fast_rnn(model)
 
         def run() -> None:
-            os.environ["CHARRNN_KERNEL"] = "1" if use_kernel else "0"
-            sum(1 for _ in fastrnn.generate(rnn, VOCAB, cfg))
+            with kernel_switch(use_kernel):  # generate builds its Sampler, which reads the switch too
+                sum(1 for _ in fastrnn.generate(rnn, VOCAB, cfg))
 
         return run
 
     runs = {"bound": matvec_products(model, length), "kernel": sampler(True), "numpy": sampler(False)}
     rates: dict[str, list[float]] = {name: [] for name in runs}
-    try:
-        for _ in range(repeats + 1):
-            for name, fn in runs.items():
-                t = time.perf_counter()
-                fn()
-                rates[name].append(length / (time.perf_counter() - t))
-    finally:
-        if before is None:
-            os.environ.pop("CHARRNN_KERNEL", None)
-        else:
-            os.environ["CHARRNN_KERNEL"] = before
+    for _ in range(repeats + 1):
+        for name, fn in runs.items():
+            t = time.perf_counter()
+            fn()
+            rates[name].append(length / (time.perf_counter() - t))
     rates = {name: r[1:] for name, r in rates.items()}  # the first round warms caches and the kernel's plan
     out = {name: statistics.median(r) for name, r in rates.items()}
     for name in ("kernel", "numpy"):

@@ -286,7 +286,8 @@ class FastRNN:
         else:
             self._out = [np.empty((B, len(w)), np.float32) for w, _, _, _ in self.maps]  # (B, N) each
         self._plan = self._kernel_plan() if self.active == "numpy" and self.kernel is not None else None
-        self._fused = self._fused_plan() if self._plan is not None and B == 1 else None
+        self._step_plan = self._fused_plan() if self._plan is not None and B == 1 else None
+        self._fused = None if self._step_plan is None else ctypes.addressof(self._step_plan)  # step1's argument
 
     def _kernel_plan(self) -> list[tuple[Any, ...]]:
         """Per layer, the matmuls (input view, transposed weight, output) and the kernel call's arguments, the
@@ -302,47 +303,40 @@ class FastRNN:
             w, _, lo, hi = self.maps[i]
             return (self.h[:, lo:hi], w.T, self._out[i])
 
-        def addr(a: np.ndarray | None) -> int | None:
-            return None if a is None else a.ctypes.data
-
         plan = []
         for layer, maps in enumerate(self.layer_maps):
             h_l = h_addr + layer * H * f32  # (B, H) this layer's columns of the state
-            g, b = addr(self._out[maps[0]]), addr(self.maps[maps[0]][1])
+            g, b = _addr(self._out[maps[0]]), _addr(self.maps[maps[0]][1])
             # The C call is cell(g, b, third, *rest); `third` is layer 0's table rows (passed by step) or, for
             # a GRU layer above it, its input map's output.
             if self.kind == "lstm":
-                cell, third, rest = k.lstm_cell, None, (addr(self.c[layer]), h_l, h_stride, B, H)
+                cell, third, rest = k.lstm_cell, None, (_addr(self.c[layer]), h_l, h_stride, B, H)
             elif self.kind == "gru":
-                cell, third = k.gru_cell, None if layer == 0 else addr(self._out[maps[1]])
-                rest = (None if layer == 0 else addr(self.maps[maps[1]][1]), h_l, h_stride, B, H)
+                cell, third = k.gru_cell, None if layer == 0 else _addr(self._out[maps[1]])
+                rest = (None if layer == 0 else _addr(self.maps[maps[1]][1]), h_l, h_stride, B, H)
             else:
                 cell, third, rest = k.rnn_cell, None, (h_l, h_stride, B, H)
             plan.append(([mm(i) for i in maps], cell, g, b, third, rest))
         self._head_mm = (*mm(self.head_map), self.maps[self.head_map][1])
         return plan
 
-    def _fused_plan(self) -> int | None:
-        """At batch 1, the kernel's step1 (the whole step in one call, the products through numpy's BLAS) as
-        the address of its plan; None where the kernel found no BLAS to call or the model is too deep. Built
-        from the same buffers as _kernel_plan, so the two paths share one state."""
+    def _fused_plan(self) -> kernel.StepPlan | None:
+        """At batch 1, the plan of the kernel's step1 (the whole step in one call, the products through
+        numpy's BLAS); None where the kernel found no BLAS to call or the model is too deep. Built from the
+        same buffers as _kernel_plan, so the two paths share one state; it points into them, so it lives
+        until the next reset."""
         k = self.kernel
         if k.sgemv is None or len(self.maps) > kernel.MAX_PRODUCTS:
             return None
-
-        def addr(a: np.ndarray | None) -> int | None:
-            return None if a is None else a.ctypes.data
-
         plan = kernel.StepPlan(gemv=k.sgemv, kind=("lstm", "gru", "rnn").index(self.kind), layers=self.layers)
-        plan.hidden, plan.table, plan.vocab, plan.row_len = self.hidden, addr(self.table), *map(int, self.table.shape)
-        plan.h, plan.c = addr(self.h), addr(self.c)
+        plan.hidden, plan.table, plan.vocab, plan.row_len = self.hidden, _addr(self.table), *map(int, self.table.shape)
+        plan.h, plan.c = _addr(self.h), _addr(self.c)
         order = [i for maps in self.layer_maps for i in maps] + [self.head_map]  # the order step1 runs them in
         for slot, i in enumerate(order):
             w, b, lo, hi = self.maps[i]
             x = self.h[0, lo:hi]  # (K,) contiguous at batch 1
-            plan.p[slot] = kernel.Product(addr(w), addr(b), addr(x), addr(self._out[i]), *map(int, w.shape))
-        self._fused_keep = plan  # the structure's memory; the buffers it points to live until the next reset
-        return ctypes.addressof(plan)
+            plan.p[slot] = kernel.Product(_addr(w), _addr(b), _addr(x), _addr(self._out[i]), *map(int, w.shape))
+        return plan
 
     def _choose_backend(self, batch: int) -> str:
         """oneDNN only where torch is already loaded: this module never imports it (a sampler that starts
@@ -494,6 +488,11 @@ def _onednn_ok() -> bool:
         return torch.backends.mkldnn.is_available() and np.allclose(y.numpy(), want, atol=1e-5)
     except Exception:  # noqa: BLE001 - a torch without the op, or one whose signature changed
         return False
+
+
+def _addr(a: np.ndarray | None) -> int | None:
+    """A buffer's address for the kernel's calls (None: NULL)."""
+    return None if a is None else a.ctypes.data
 
 
 def _f32(a: np.ndarray) -> np.ndarray:
