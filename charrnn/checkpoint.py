@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from charrnn import data, weights
+from charrnn import data, dataset, weights
 from charrnn.config import ModelConfig, from_dict
 from charrnn.errors import CharRNNError
 from charrnn.locate import BUNDLED, RUNS_DIR, newest_run, resolve
@@ -148,8 +148,7 @@ def _corpus_line(ckpt: dict[str, Any]) -> str:
     if len(files) <= 1:
         corpus = ckpt.get("corpus") or {}
         return f"{_corpus_where(corpus.get('path', '?'))} ({corpus.get('size', 0):,} bytes)"
-    names = ", ".join(Path(f["path"]).name for f in files[:4]) + (", ..." if len(files) > 4 else "")
-    return f"{len(files)} files, {sum(f.get('size', 0) for f in files):,} bytes ({names})"
+    return f"{len(files)} files, {sum(f.get('size', 0) for f in files):,} bytes ({dataset.names_of(ckpt)})"
 
 
 def _lineage(init: dict[str, Any]) -> str:

@@ -92,7 +92,7 @@ CheckpointOpt = Annotated[
         "--checkpoint",
         "-c",
         help="A .pt or .safetensors file, or a run folder (its best.pt). Default: the newest "
-        "run under ./checkpoints, else the bundled Shakespeare model.",
+        "run under ./checkpoints, else the bundled English model.",
     ),
 ]
 

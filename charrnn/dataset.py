@@ -124,6 +124,13 @@ def paths_of(record: dict[str, Any]) -> list[str]:
     return [f["path"] for f in files]
 
 
+def names_of(record: dict[str, Any]) -> str:
+    """The training files by name, for one line of `info` or a lineage: a path from the disk of whoever
+    trained the model means nothing elsewhere, and a long list of files would not fit."""
+    names = [Path(p).name for p in paths_of(record)]
+    return ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
+
+
 def check_unchanged(saved: dict[str, Any], now: Dataset, run_dir: Path) -> None:
     """A resumed run continues at a position in the text, with the state it had there: on other text both
     would be silently wrong, so a changed, added or missing file is refused, by name."""

@@ -9,7 +9,7 @@ from pathlib import Path
 from charrnn.errors import CharRNNError
 
 RUNS_DIR = Path("checkpoints")
-BUNDLED = Path(__file__).parent / "pretrained" / "shakespeare.pt"
+BUNDLED = Path(__file__).parent / "pretrained" / "english.pt"
 
 
 def newest_run(root: Path = RUNS_DIR) -> Path | None:

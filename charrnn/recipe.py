@@ -153,11 +153,10 @@ def base_model(spec: str | os.PathLike) -> tuple[dict[str, Any], CharRNN, Vocab]
     path = checkpoint.resolve(Path(spec)) if str(spec) != "bundled" else checkpoint.BUNDLED
     ckpt = checkpoint.load(path)
     model, vocab = checkpoint.build_model(ckpt, path)
-    corpus = ckpt.get("corpus") or {}
     lineage = {
         "checkpoint": str(path),
         "step": ckpt.get("step", 0),
-        "corpus": Path(corpus.get("path", "?")).name,
+        "corpus": dataset.names_of(ckpt) or "?",
         "best_val": ckpt.get("best_val"),
     }
     return lineage, model, vocab

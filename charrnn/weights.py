@@ -21,6 +21,7 @@ import numpy as np
 from charrnn.atomic import replace_with
 from charrnn.config import ModelConfig, from_dict
 from charrnn.data import file_digest
+from charrnn.dataset import names_of
 from charrnn.errors import CharRNNError
 from charrnn.vocab import Vocab
 
@@ -119,7 +120,7 @@ def info_of(ckpt: Mapping) -> dict:
     return {
         "steps": ckpt.get("step", 0),
         "best_val": ckpt.get("best_val"),
-        "corpus": Path(corpus.get("path", "")).name or None,
+        "corpus": names_of(ckpt) or None,
         "corpus_files": [  # as recorded (paths on the training machine), for the copy check
             {"path": f["path"], "size": f.get("size")} for f in ckpt.get("files") or ([corpus] if corpus else [])
         ],

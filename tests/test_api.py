@@ -54,7 +54,7 @@ def test_info_says_what_the_model_is(tiny_run):
 
     assert checkpoint.resolve("bundled") == checkpoint.BUNDLED  # --checkpoint bundled, for every command
     bundled = charrnn.load("bundled")
-    assert bundled.info["corpus"] == "shakespeare.txt" and len(bundled.sample(20, seed=0)) == 20
+    assert bundled.info["corpus"] == "shakespeare.txt, fortunes.txt" and len(bundled.sample(20, seed=0)) == 20
 
 
 def test_train_takes_the_command_lines_options_as_keywords(tiny_corpus, tmp_path):

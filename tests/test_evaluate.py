@@ -64,8 +64,10 @@ def test_eval_of_the_bundled_model_finds_its_shipped_corpus(run_cli, tmp_path):
     code, out, err = run_cli("eval", "-c", checkpoint.BUNDLED, "--json")
     assert code == 0, err
     report = json.loads(out)
-    assert report["text"].startswith("validation split of ") and report["text"].endswith("shakespeare.txt (last 10%)")
-    assert report["nats_per_char"] == pytest.approx(checkpoint.load(checkpoint.BUNDLED)["best_val"], abs=1e-4)
+    assert report["text"] == "validation split of 2 files (last 10% of each)"
+    # best_val was measured under bf16 autocast (the bundled model trained on an AVX-512 BF16 CPU) and eval
+    # scores in fp32: they differ by 4e-4; another split of the text would differ by far more.
+    assert report["nats_per_char"] == pytest.approx(checkpoint.load(checkpoint.BUNDLED)["best_val"], abs=2e-3)
 
 
 def test_eval_on_a_cpu_is_fp32_even_where_the_cpu_has_native_bf16(tiny_run, tmp_path, monkeypatch):

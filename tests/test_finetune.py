@@ -107,7 +107,7 @@ def test_init_from_the_bundled_model_on_the_command_line(corpora, run_cli):
     )
     assert code == 0, err
     tuned = checkpoint.load(checkpoint.resolve(None))
-    assert "%" in tuned["vocab"] and tuned["init"]["corpus"] == "shakespeare.txt"
+    assert "%" in tuned["vocab"] and tuned["init"]["corpus"] == "shakespeare.txt, fortunes.txt"
 
 
 def _resave(ckpt: dict, path, monkeypatch=None) -> None:

@@ -78,7 +78,7 @@ def test_a_checkpoint_without_weights_gets_them_on_first_use_and_a_changed_one_i
 
 def test_the_bundled_model_ships_its_weights_file():
     found = weights.for_checkpoint(checkpoint.BUNDLED)
-    assert found is not None and found.info["corpus"] == "shakespeare.txt"
+    assert found is not None and found.info["corpus"] == "shakespeare.txt, fortunes.txt"
 
 
 def test_a_safetensors_file_that_is_not_charrnn_weights_is_refused_clearly(tmp_path, run_cli):
