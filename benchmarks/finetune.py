@@ -1,8 +1,10 @@
-"""Fine-tuning benchmark: on a small text, does starting from the bundled Shakespeare model beat training
+"""Fine-tuning benchmark: on a small text, does starting from the bundled English model beat training
 from scratch in the same wall-clock budget? Both runs use charrnn's defaults and the same 90/10 split.
 
     python corpora/build.py murphy /tmp/corpora/murphy.txt      # 59 KB of English (see corpora/README.md)
     python benchmarks/finetune.py /tmp/corpora/murphy.txt --minutes 1,5
+    ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 python benchmarks/finetune.py ... --precision fp32
+                                                                # an AVX2-only CPU, on an AVX-512 one
 
 For each budget it trains from scratch, then with `init="bundled"`, and prints the best validation loss of
 each (nats/char over the same validation characters). The last line is `RESULT {json}`.
@@ -19,8 +21,8 @@ import charrnn
 from charrnn.devices import describe_cpu
 
 
-def one_run(corpus: Path, minutes: float, init: str | None, out: Path) -> dict:
-    result = charrnn.train(corpus, minutes=minutes, val_frac=0.1, init=init, out=out)
+def one_run(corpus: Path, minutes: float, init: str | None, out: Path, precision: str) -> dict:
+    result = charrnn.train(corpus, minutes=minutes, val_frac=0.1, init=init, out=out, precision=precision)
     row = {
         "minutes": minutes,
         "start": init or "scratch",
@@ -40,6 +42,7 @@ def main() -> None:
     ap.add_argument("corpus", type=Path)
     ap.add_argument("--minutes", default="1,5", help="budgets, comma-separated")
     ap.add_argument("--init", default="bundled", help="the model to start from (a .pt, a run folder, or bundled)")
+    ap.add_argument("--precision", default="auto", help="as `charrnn train --precision` (fp32 to emulate AVX2)")
     args = ap.parse_args()
     print(
         f"charrnn fine-tune benchmark: {args.corpus}; CPU {describe_cpu()}",
@@ -50,7 +53,7 @@ def main() -> None:
         for minutes in map(float, args.minutes.split(",")):
             for init in (None, args.init):
                 out = Path(tmp) / f"{minutes:g}-{'scratch' if init is None else 'init'}"
-                rows.append(one_run(args.corpus, minutes, init, out))
+                rows.append(one_run(args.corpus, minutes, init, out, args.precision))
     for minutes in sorted({r["minutes"] for r in rows}):
         scratch, tuned = (
             next(r for r in rows if r["minutes"] == minutes and r["start"] == s) for s in ("scratch", args.init)
