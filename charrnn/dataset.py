@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import glob
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -118,13 +118,18 @@ def _separator_ids(vocab: Vocab, separator: str | None, before: np.ndarray) -> n
     return vocab.encode(separator).astype(before.dtype)
 
 
-def paths_of(record: dict[str, Any]) -> list[str]:
-    """The files a checkpoint's run trained on, in order (one for a run from before several files)."""
-    files = record.get("files") or ([record["corpus"]] if record.get("corpus") else [])
-    return [f["path"] for f in files]
+def files_of(record: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The file records (path, size, hash) of the files a checkpoint's run trained on, in order (one for
+    a run from before several files)."""
+    return record.get("files") or ([record["corpus"]] if record.get("corpus") else [])
 
 
-def names_of(record: dict[str, Any]) -> str:
+def paths_of(record: Mapping[str, Any]) -> list[str]:
+    """The files a checkpoint's run trained on, in order."""
+    return [f["path"] for f in files_of(record)]
+
+
+def names_of(record: Mapping[str, Any]) -> str:
     """The training files by name, for one line of `info` or a lineage: a path from the disk of whoever
     trained the model means nothing elsewhere, and a long list of files would not fit."""
     names = [Path(p).name for p in paths_of(record)]
@@ -134,7 +139,7 @@ def names_of(record: dict[str, Any]) -> str:
 def check_unchanged(saved: dict[str, Any], now: Dataset, run_dir: Path) -> None:
     """A resumed run continues at a position in the text, with the state it had there: on other text both
     would be silently wrong, so a changed, added or missing file is refused, by name."""
-    then = saved.get("files") or ([saved["corpus"]] if saved.get("corpus") else [])
+    then = files_of(saved)
     if not then or not all(f.get("sha256") for f in then):
         return  # a checkpoint from before hashes were recorded
     by_path = {Path(f["path"]).resolve(): f for f in then}

@@ -21,7 +21,7 @@ import numpy as np
 from charrnn.atomic import replace_with
 from charrnn.config import ModelConfig, from_dict
 from charrnn.data import file_digest
-from charrnn.dataset import names_of
+from charrnn.dataset import files_of, names_of
 from charrnn.errors import CharRNNError
 from charrnn.vocab import Vocab
 
@@ -116,13 +116,12 @@ def read(path: Path) -> Weights:
 
 def info_of(ckpt: Mapping) -> dict:
     """What a weights file keeps of a checkpoint's description of its run (for `info` and the Python API)."""
-    corpus = ckpt.get("corpus") or {}
     return {
         "steps": ckpt.get("step", 0),
         "best_val": ckpt.get("best_val"),
         "corpus": names_of(ckpt) or None,
         "corpus_files": [  # as recorded (paths on the training machine), for the copy check
-            {"path": f["path"], "size": f.get("size")} for f in ckpt.get("files") or ([corpus] if corpus else [])
+            {"path": f["path"], "size": f.get("size")} for f in files_of(ckpt)
         ],
         "init": ckpt.get("init"),
         "sizing": ckpt.get("sizing") or None,

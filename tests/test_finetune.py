@@ -85,11 +85,13 @@ def test_init_refuses_a_shape_flag_that_contradicts_the_model_and_resume(corpora
         train_mod.train(b, {}, {"steps": 9}, out=tmp_path / "base", resume=True, init=tmp_path / "base")
 
 
-def test_init_from_the_bundled_model_on_the_command_line(corpora, run_cli):
+def test_init_from_the_bundled_model_on_the_command_line(corpora, run_cli, tmp_path):
     _, b = corpora
+    c = tmp_path / "c.txt"  # the bundled model knows all of ASCII: the euro sign is new to it
+    c.write_text(b.read_text(encoding="utf-8").replace("%", " \u20ac"), encoding="utf-8")
     code, _, err = run_cli(
         "train",
-        b,
+        c,
         "--init",
         "bundled",
         "--steps",
@@ -107,7 +109,9 @@ def test_init_from_the_bundled_model_on_the_command_line(corpora, run_cli):
     )
     assert code == 0, err
     tuned = checkpoint.load(checkpoint.resolve(None))
-    assert "%" in tuned["vocab"] and tuned["init"]["corpus"] == "shakespeare.txt, fortunes.txt"
+    bundled = checkpoint.load(checkpoint.BUNDLED)["vocab"]
+    assert set(tuned["vocab"]) == set(bundled) | {"\u20ac"}
+    assert tuned["init"]["corpus"] == "shakespeare.txt, fortunes.txt"
 
 
 def _resave(ckpt: dict, path, monkeypatch=None) -> None:
