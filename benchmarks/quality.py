@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import shutil
 import sys
@@ -87,6 +88,8 @@ def main() -> None:
                 flush=True,
             )
 
+    logging.basicConfig(format="  %(message)s")  # what the automatic shape's probe measured
+    logging.getLogger("charrnn.sizing").setLevel(logging.DEBUG)
     cpu = describe_cpu()
     print(f"charrnn quality: {args.corpus} budget {args.minutes:g} min, flags {model_flags} {train_flags}", flush=True)
     print(f"CPU: {cpu}", flush=True)

@@ -9,6 +9,7 @@ and applies it. Nothing here touches the run's random generators' seeds: the tra
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -31,6 +32,8 @@ from charrnn.config import (
 )
 from charrnn.devices import autocast
 from charrnn.model import CharRNN, detach_state
+
+log = logging.getLogger(__name__)  # one debug line per shape measured (benchmarks/quality.py shows them)
 
 PROBE_BUDGET_FRAC = 0.03  # the probe may use 3% of a time budget ...
 PROBE_MAX_SECONDS = 10.0  # ... and never more than 10 s
@@ -165,6 +168,7 @@ def plan(
             probe_ = Probe(ModelConfig(**{**model_flags, **first}), train_ids, cfg.seq_len, device, dtype, world)
             left = min(PROBE_MAX_SECONDS, PROBE_BUDGET_FRAC * budget) - (clock() - t0)
             limit = _cell_limit(left, len(cells) - 1 - i, budget, len(train_ids), cands)
+            log.debug("probe %s: %.1f s", cell, left)
             rates, _ = probe(cands, probe_.rate, cfg.seq_len, budget, cfg.steps, limit=limit, clock=clock)
             choice = choose(share(rates), cfg.seq_len, budget, cfg.steps)
         passes = choice.steps * choice.shape.batch_size * cfg.seq_len / max(1, len(train_ids))
@@ -294,7 +298,9 @@ def probe(
         for shape in [s for s in cands if s.batch_size == batch and size(s) >= largest]:
             if rates and clock() - t0 + _probe_cost(shape, rates, seq_len) > limit_now(rates):
                 break
+            t_shape = clock()
             rates[shape] = measure(shape)
+            log.debug("probe %s: %.0f chars/s in %.2f s", shape, rates[shape], clock() - t_shape)
             if not qualifies(planned_steps(rates[shape], shape, seq_len, budget_s, max_steps), shape, budget_s):
                 break
             largest = max(largest, size(shape))

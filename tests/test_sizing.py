@@ -5,6 +5,7 @@ start changes nothing). No assertion here depends on how fast this machine is.""
 from __future__ import annotations
 
 import itertools
+import logging
 
 import numpy as np
 import pytest
@@ -130,6 +131,14 @@ def test_probe_stops_at_the_first_shape_that_cannot_make_its_steps():
         ok = [sizing.qualifies(sizing.planned_steps(rates[s], s, 128, 300.0, None), s, 300.0) for s in row]
         assert row and ok == [True] * (len(ok) - 1) + [False]
     assert sizing.choose(got, 128, 300.0, None) == sizing.choose(rates, 128, 300.0, None)
+
+
+def test_probe_logs_every_shape_it_measures_with_its_speed(caplog):
+    rates = cpu_rates(16_000.0)
+    with caplog.at_level(logging.DEBUG, logger="charrnn.sizing"):
+        got, _ = sizing.probe(sizing.candidates("cpu", {}), rates.__getitem__, 128, 300.0, None, clock=FakeClock())
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == [f"probe {s}: {r:.0f} chars/s in 0.00 s" for s, r in got.items()]
 
 
 def test_probe_keeps_to_its_share_of_the_budget_whatever_the_first_probe_cost():
