@@ -41,6 +41,14 @@ PROBE_MAX_SECONDS = 10.0  # ... and never more than 10 s
 # median of two is their mean, and one step slowed by a neighbour on a shared 2-core VM (10-30% on the
 # Zen 5 machine) moved a shape across the line between qualifying and not.
 PROBE_TIMED_STEPS = 3
+# A process's first training steps run slower for about a second, whatever the shape (the CPU's threads
+# and clocks ramping up): on the Zen 5 machine a 1-minute probe read GRU 2x128 at 18,988 chars/s and 2x192
+# at 16,473, where a probe that came later in its process read 31,165 and 22,625, so 2x192 and 2x256 fell
+# under the 1-minute need and GRU 2x128 was chosen, 0.036 nats/char behind 2x256 (benchmarks/README.md).
+# So the first shape a Probe measures warms up until a step is no more than PROBE_SETTLE faster than the
+# one before (at most PROBE_MAX_WARM_UP steps, on the cheapest shape); later shapes warm up for one step.
+PROBE_SETTLE = 0.15
+PROBE_MAX_WARM_UP = 6
 
 
 @dataclass(frozen=True)
@@ -223,7 +231,8 @@ def _import_optimizer_machinery() -> None:
 
 class Probe:
     """Times a few real training steps (forward, backward, clip, AdamW) of a candidate shape on windows of
-    the real corpus, after one untimed warm-up step, so kernel selection and allocation do not count."""
+    the real corpus, after untimed warm-up steps, so kernel selection, allocation and, for the first shape,
+    the process's ramp-up (PROBE_SETTLE) do not count."""
 
     def __init__(
         self,
@@ -237,6 +246,7 @@ class Probe:
     ) -> None:
         self.model_cfg, self.train_ids, self.seq_len = model_cfg, train_ids, seq_len
         self.device, self.dtype, self.world, self.clock = device, dtype, world, clock
+        self.settled = False  # whether the process's compute has warmed up (see PROBE_SETTLE)
 
     def rate(self, shape: Shape) -> float:
         """Training chars/s of the whole (global) batch, as this process sees it."""
@@ -252,9 +262,12 @@ class Probe:
         opt = make_optimizer(model, TrainConfig())
         streams = Streams(self.train_ids, local, self.seq_len)
         state = model.init_state(local, self.device)
-        times = []
-        for k in range(1 + PROBE_TIMED_STEPS):
+        k = 0
+
+        def step() -> float:
+            nonlocal state, k
             x, y = (torch.from_numpy(a).to(self.device) for a in streams.window(k))  # (b, T) each
+            k += 1
             self._sync()
             t0 = self.clock()
             with autocast(self.device, self.dtype):
@@ -265,12 +278,24 @@ class Probe:
             opt.step()
             state = detach_state(state)
             self._sync()
-            times.append(self.clock() - t0)
-        return local * self.seq_len / float(np.median(times[1:])) * (shape.batch_size / local)
+            return self.clock() - t0
+
+        warm = [step()]  # kernel selection and allocation: never timed
+        while not self.settled and len(warm) < PROBE_MAX_WARM_UP and _speeding_up(warm):
+            warm.append(step())
+        self.settled = True
+        times = [step() for _ in range(PROBE_TIMED_STEPS)]
+        return local * self.seq_len / float(np.median(times)) * (shape.batch_size / local)
 
     def _sync(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
+
+
+def _speeding_up(times: list[float]) -> bool:
+    """Whether warm-up step times are still falling: fewer than two, or the last more than PROBE_SETTLE
+    faster than the one before it."""
+    return len(times) < 2 or times[-1] < (1 - PROBE_SETTLE) * times[-2]
 
 
 def probe(
@@ -308,9 +333,18 @@ def probe(
 
 
 def _probe_cost(shape: Shape, rates: Mapping[Shape, float], seq_len: int) -> float:
-    """Seconds a probe of `shape` should take, from the speed of the last shape measured (time per character
-    grows with the recurrent weights). Predicted from the timed steps, not from how long the last probe
-    took: the first probe of a process also pays one-time start-up (kernel selection, allocation)."""
+    """Seconds a probe of `shape` should take, from the speed of the last shape measured. Predicted from the
+    timed steps, not from how long the last probe took: the first probe of a process also pays one-time
+    start-up (kernel selection, allocation, PROBE_SETTLE's warm-up)."""
     last, rate = list(rates.items())[-1]
-    rate_here = rate * size(last) / size(shape)  # chars/s
+    rate_here = rate * _step_work(last) / _step_work(shape)  # chars/s
     return (1 + PROBE_TIMED_STEPS) * shape.batch_size * seq_len / rate_here
+
+
+def _step_work(shape: Shape) -> float:
+    """How time per character grows with the shape, for predicting probe costs: as layers * hidden ** 1.5,
+    not as the recurrent weights (hidden ** 2). Measured by the 5-minute probes on the Zen 5 machine (GRU,
+    batch 16), widening 256 -> 384 -> 512 -> 768 cost 1.30x, 1.41x and 1.85x the time per character,
+    where hidden ** 2 predicts 2.25x, 1.78x and 2.25x and hidden ** 1.5 1.84x, 1.54x and 1.84x; with
+    hidden ** 2 a 1-minute probe stopped before GRU 2x256, which would have fitted its 1.8 s."""
+    return shape.layers * shape.hidden**1.5

@@ -232,13 +232,31 @@ def test_probe_rate_leaves_out_the_warm_up_step():
 
 def test_one_disturbed_timed_step_does_not_move_the_probe_rate():
     """A neighbour on a shared CPU slows one step 10x: the median of the timed steps ignores it."""
-    steps = [10.0, 0.05, 0.5] + [0.05] * (sizing.PROBE_TIMED_STEPS - 2)  # warm-up, then one slow step
+    steps = [10.0, 0.05, 0.05, 0.05, 0.5] + [0.05] * (sizing.PROBE_TIMED_STEPS - 2)  # warm-up, then one slow
     ticks = itertools.accumulate([0.0] + [t for d in steps for t in (d, 0.0)])  # start and end of each step
     clock = lambda: next(ticks)  # noqa: E731
     ids = torch.randint(0, 20, (4000,)).numpy().astype("uint8")
     cfg = ModelConfig(vocab_size=20, layers=1, hidden=8, embed=4)
     probe = sizing.Probe(cfg, ids, 16, torch.device("cpu"), torch.float32, clock=clock)
     assert probe.rate(Shape(1, 8, 4)) == pytest.approx(4 * 16 / 0.05)
+
+
+def test_the_first_shape_is_timed_once_its_steps_stop_speeding_up_and_later_shapes_warm_up_once():
+    """A process's first steps run slower for a while (threads and clocks ramping up): the first shape's
+    timed steps start once a step is no more than PROBE_SETTLE faster than the one before."""
+    ramp = [0.3, 0.2, 0.12, 0.1, 0.1]  # warm-up until 0.1 follows 0.1
+    first = ramp + [0.1] * sizing.PROBE_TIMED_STEPS
+    second = [0.3] + [0.2] * sizing.PROBE_TIMED_STEPS  # one warm-up step, however slow
+    steps = first + second
+    ticks = itertools.accumulate([0.0] + [t for d in steps for t in (d, 0.0)][:-1])  # two per step
+    clock = lambda: next(ticks)  # noqa: E731
+    ids = torch.randint(0, 20, (4000,)).numpy().astype("uint8")
+    cfg = ModelConfig(vocab_size=20, layers=1, hidden=8, embed=4)
+    probe = sizing.Probe(cfg, ids, 16, torch.device("cpu"), torch.float32, clock=clock)
+    assert probe.rate(Shape(1, 8, 4)) == pytest.approx(4 * 16 / 0.1)  # not the 0.12 of a fixed warm-up
+    assert probe.rate(Shape(1, 8, 4)) == pytest.approx(4 * 16 / 0.2)
+    with pytest.raises(StopIteration):  # every planned step was taken, none more
+        clock()
 
 
 @pytest.mark.parametrize(
