@@ -1,0 +1,37 @@
+"""What the automatic shape's probe measures and chooses, without training: one call of `sizing.plan` as
+`charrnn train CORPUS --minutes M` makes it (same split, device and precision), printing one line per
+shape measured and the dim line. Run it several times, each a fresh process, to see the probe's spread.
+
+    python benchmarks/probe.py ../shared/corpora/tinyshakespeare.txt --minutes 1 [--precision fp32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+from charrnn import dataset, sizing
+from charrnn.config import TrainConfig
+from charrnn.devices import describe_cpu, pick_device, pick_dtype
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("corpus", type=Path)
+    ap.add_argument("--minutes", type=float, default=5.0)
+    ap.add_argument("--precision", default="auto")
+    args = ap.parse_args()
+    logging.basicConfig(format="  %(message)s")
+    logging.getLogger("charrnn.sizing").setLevel(logging.DEBUG)
+    cfg = TrainConfig(minutes=args.minutes, precision=args.precision)
+    ds = dataset.load([args.corpus], cfg.val_frac)
+    device = pick_device(cfg.device)
+    plan = sizing.plan({"vocab_size": len(ds.vocab)}, {}, cfg, ds.train, device, pick_dtype(cfg.precision, device))
+    print(f"  -> {plan.note}")
+    print("RESULT " + json.dumps({"minutes": args.minutes, "choice": plan.note, "cpu": describe_cpu()}))
+
+
+if __name__ == "__main__":
+    main()
