@@ -37,16 +37,16 @@ log = logging.getLogger(__name__)  # one debug line per shape measured (benchmar
 
 PROBE_BUDGET_FRAC = 0.03  # the probe may use 3% of a time budget ...
 PROBE_MAX_SECONDS = 10.0  # ... and never more than 10 s
-# Timed steps per candidate, after one untimed warm-up step; their median is the rate. Three, not two: the
+# Timed steps per candidate, after its untimed warm-up (PROBE_SETTLE); their median is the rate. Three, not two: the
 # median of two is their mean, and one step slowed by a neighbour on a shared 2-core VM (10-30% on the
 # Zen 5 machine) moved a shape across the line between qualifying and not.
 PROBE_TIMED_STEPS = 3
-# A process's first training steps run slower for about a second, whatever the shape (the CPU's threads
-# and clocks ramping up): on the Zen 5 machine a 1-minute probe read GRU 2x128 at 18,988 chars/s and 2x192
-# at 16,473, where a probe that came later in its process read 31,165 and 22,625, so 2x192 and 2x256 fell
-# under the 1-minute need and GRU 2x128 was chosen, 0.036 nats/char behind 2x256 (benchmarks/README.md).
-# So the first shape a Probe measures warms up until a step is no more than PROBE_SETTLE faster than the
-# one before (at most PROBE_MAX_WARM_UP steps, on the cheapest shape); later shapes warm up for one step.
+# The first training steps of a fresh process can keep speeding up for several steps (GRU 2x256 on the
+# Zen 5 machine: 186, 133, 104 ms after the warm-up step), and two 1-minute probes read GRU 2x128 at 16,928
+# and 18,988 chars/s where its 1-minute training ran at 23,822, so 2x192 fell under the 1-minute need and
+# GRU 2x128 was chosen, 0.036 nats/char behind 2x256 (benchmarks/README.md). So the first shape a Probe
+# measures warms up until a step is no more than PROBE_SETTLE faster than the one before (at most
+# PROBE_MAX_WARM_UP steps, on the cheapest shape); later shapes warm up for one step.
 PROBE_SETTLE = 0.15
 PROBE_MAX_WARM_UP = 6
 
@@ -176,7 +176,7 @@ def plan(
             probe_ = Probe(ModelConfig(**{**model_flags, **first}), train_ids, cfg.seq_len, device, dtype, world)
             left = min(PROBE_MAX_SECONDS, PROBE_BUDGET_FRAC * budget) - (clock() - t0)
             limit = _cell_limit(left, len(cells) - 1 - i, budget, len(train_ids), cands)
-            log.debug("probe %s: %.1f s", cell, left)
+            log.debug("probe %s: %.1f s of the probe left", cell, left)
             rates, _ = probe(cands, probe_.rate, cfg.seq_len, budget, cfg.steps, limit=limit, clock=clock)
             choice = choose(share(rates), cfg.seq_len, budget, cfg.steps)
         passes = choice.steps * choice.shape.batch_size * cfg.seq_len / max(1, len(train_ids))
@@ -246,7 +246,7 @@ class Probe:
     ) -> None:
         self.model_cfg, self.train_ids, self.seq_len = model_cfg, train_ids, seq_len
         self.device, self.dtype, self.world, self.clock = device, dtype, world, clock
-        self.settled = False  # whether the process's compute has warmed up (see PROBE_SETTLE)
+        self.settled = False  # whether this Probe's first shape has warmed up (see PROBE_SETTLE)
 
     def rate(self, shape: Shape) -> float:
         """Training chars/s of the whole (global) batch, as this process sees it."""
@@ -343,8 +343,9 @@ def _probe_cost(shape: Shape, rates: Mapping[Shape, float], seq_len: int) -> flo
 
 def _step_work(shape: Shape) -> float:
     """How time per character grows with the shape, for predicting probe costs: as layers * hidden ** 1.5,
-    not as the recurrent weights (hidden ** 2). Measured by the 5-minute probes on the Zen 5 machine (GRU,
-    batch 16), widening 256 -> 384 -> 512 -> 768 cost 1.30x, 1.41x and 1.85x the time per character,
-    where hidden ** 2 predicts 2.25x, 1.78x and 2.25x and hidden ** 1.5 1.84x, 1.54x and 1.84x; with
-    hidden ** 2 a 1-minute probe stopped before GRU 2x256, which would have fitted its 1.8 s."""
+    not as the recurrent weights (hidden ** 2). In a 5-minute probe on the Zen 5 machine (GRU, batch 16)
+    widening 256 -> 384 -> 512 -> 768 cost 1.30x, 1.41x and 1.86x the time per character, where
+    hidden ** 2 predicts 2.25x, 1.78x and 2.25x and hidden ** 1.5 1.84x, 1.54x and 1.84x. With hidden ** 2
+    a 1-minute probe that had used 1.1 s predicted 0.76 s for GRU 2x256 and stopped (its limit: 1.8 s);
+    2x256 took 0.44-0.56 s in the probes that reached it."""
     return shape.layers * shape.hidden**1.5
