@@ -149,9 +149,12 @@ DROPOUT_PASSES = (6.0, 12.0)
 # On a CPU budget the number of updates matters more than their width, so a shape qualifies only if it
 # makes sizing_min_steps(budget) effective steps in the budget; the largest that qualifies wins. The need
 # grows with the budget (compute-optimal training lets both the model and its updates grow; Chinchilla's
-# tokens grow as compute ** 0.5), fitted from the grids in benchmarks/README.md at three budgets:
+# tokens grow as compute ** 0.5), fitted from the grids in benchmarks/README.md at four budgets:
 # - 1 minute, 500: GRU 2x128 with 564 steps beat 2x192 with 371 (AVX2), and GRU 2x256 with 527 beat 2x128
 #   with 846-969 (AVX-512 BF16);
+# - 2 minutes, 1,000: GRU 2x256 with 1,035-1,067 steps (1.5238-1.5239) and at batch 32 (1.5102) beat 2x384
+#   with 711-780 (1.5329-1.5498) and 2x512 with 569-615 (1.5343-1.5452) in two sessions (AVX-512 BF16); the
+#   line from 1 to 5 minutes asked for 767 there, which 2x384 made, and the probe chose it;
 # - 5 minutes, 1,350: LSTM 2x384 with 1,143 steps lost to 2x256 with 2,039, and GRU 2x256 with 1,540 beat
 #   2x192 with 1,639 (AVX2); GRU 2x512 with 1,519 beat 2x384 (AVX-512 BF16, in a run that shared the CPU);
 # - 15 minutes, 3,500: LSTM 2x768 with 2,389 steps (its probe planned 3,089) ended at 1.434 nats/char, no
@@ -159,7 +162,7 @@ DROPOUT_PASSES = (6.0, 12.0)
 # Between those budgets the need follows the straight line through its neighbours on log-log axes (each
 # anchor set with room for the probe's error either way); below them the first segment's slope, beyond them
 # SIZING_LONG_EXPONENT, Chinchilla's, where no grid was measured.
-SIZING_MIN_STEPS = ((1.0, 500.0), (5.0, 1350.0), (15.0, 3500.0))  # (budget in minutes, effective steps)
+SIZING_MIN_STEPS = ((1.0, 500.0), (2.0, 1000.0), (5.0, 1350.0), (15.0, 3500.0))  # (budget in minutes, effective steps)
 SIZING_LONG_EXPONENT = 0.5
 SIZING_REF_MINUTES = 5.0  # whose need --steps alone uses (no clock: any shape makes the steps it is given)
 # A third layer is for GPUs: on a CPU budget it learned less per step, not only fewer steps (LSTM 3x512 had
