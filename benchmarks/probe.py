@@ -1,6 +1,6 @@
-"""What the automatic shape's probe measures and chooses, without training: one call of `sizing.plan` as
-`charrnn train CORPUS --minutes M` makes it (same split, device and precision), printing one line per
-shape measured and the dim line. Run it several times, each a fresh process, to see the probe's spread.
+"""What the automatic shape's probe measures and chooses, without training: the sizing call that
+`charrnn train CORPUS --minutes M` makes (recipe._plan: same split, device and precision), printing one line
+per shape measured and the dim line. Run it several times, each a fresh process, to see the probe's spread.
 
     python benchmarks/probe.py ../shared/corpora/tinyshakespeare.txt --minutes 1 [--precision fp32]
 """
@@ -12,9 +12,10 @@ import json
 import logging
 from pathlib import Path
 
-from charrnn import dataset, sizing
+from charrnn import dataset, recipe
 from charrnn.config import TrainConfig
 from charrnn.devices import describe_cpu, pick_device, pick_dtype
+from charrnn.distributed import Dist
 
 
 def main() -> None:
@@ -28,7 +29,8 @@ def main() -> None:
     cfg = TrainConfig(minutes=args.minutes, precision=args.precision)
     ds = dataset.load([args.corpus], cfg.val_frac)
     device = pick_device(cfg.device)
-    plan = sizing.plan({"vocab_size": len(ds.vocab)}, {}, cfg, ds.train, device, pick_dtype(cfg.precision, device))
+    dtype = pick_dtype(cfg.precision, device)
+    plan = recipe._plan({"vocab_size": len(ds.vocab)}, {}, cfg, ds.train, device, dtype, Dist(), from_init=False)
     print(f"  -> {plan.note}")
     print("RESULT " + json.dumps({"minutes": args.minutes, "choice": plan.note, "cpu": describe_cpu()}))
 

@@ -195,7 +195,7 @@ def sizing_min_steps(budget_s: float | None) -> float:
 # (benchmarks/README.md). Beyond 12 passes the only measurement is the earlier AVX-512 machine's, where the
 # LSTM won at 15 minutes (1.3996 against a GRU held at dropout 0.1, 1.4112).
 AUTO_CELLS = ("gru", "lstm")
-AUTO_CELL_PASSES = 12.0
+AUTO_CELL_PASSES = DROPOUT_PASSES[1]
 
 
 LR_REF_HIDDEN = 512  # TrainConfig.lr was measured best at this width (benchmarks/README.md)

@@ -22,6 +22,11 @@ def cpu_rates(speed: float) -> dict[Shape, float]:
     return {s: speed * 2 * 256 * 256 / sizing.size(s) for s in sizing.candidates("cpu", {})}
 
 
+def qualifies_at(rate: float, shape: Shape, budget_s: float) -> bool:
+    """Whether `shape` measured at `rate` chars/s makes its need in the budget (window 128)."""
+    return sizing.qualifies(sizing.planned_steps(rate, shape, 128, budget_s, None), shape, budget_s)
+
+
 def chosen(speed: float, minutes: float, seq_len: int = 128) -> Shape:
     return sizing.choose(cpu_rates(speed), seq_len, minutes * 60, None).shape
 
@@ -128,7 +133,7 @@ def test_probe_stops_at_the_first_shape_that_cannot_make_its_steps():
     assert seconds == pytest.approx(0.1 * len(seen))
     for batch in (16, 32):  # per batch: every qualifying shape up to and including the first that fails
         row = [s for s in seen if s.batch_size == batch]
-        ok = [sizing.qualifies(sizing.planned_steps(rates[s], s, 128, 300.0, None), s, 300.0) for s in row]
+        ok = [qualifies_at(rates[s], s, 300.0) for s in row]
         assert row and ok == [True] * (len(ok) - 1) + [False]
     assert sizing.choose(got, 128, 300.0, None) == sizing.choose(rates, 128, 300.0, None)
 
@@ -188,12 +193,7 @@ def test_a_two_minute_probe_reaches_the_shape_it_would_choose_with_every_speed_k
     assert seconds <= 3.6
     assert sizing.choose(got, 128, 120.0, None).shape == sizing.choose(everything, 128, 120.0, None).shape
     assert sizing.choose(got, 128, 120.0, None).shape == Shape(2, 256, 32)
-    qualified_16 = [
-        s
-        for s in got
-        if s.batch_size == 16 and sizing.qualifies(sizing.planned_steps(got[s], s, 128, 120.0, None), s, 120.0)
-    ]
-    largest_16 = max(sizing.size(s) for s in qualified_16)
+    largest_16 = max(sizing.size(s) for s in got if s.batch_size == 16 and qualifies_at(got[s], s, 120.0))
     assert all(sizing.size(s) >= largest_16 for s in seen if s.batch_size == 32)
 
 
