@@ -196,6 +196,14 @@ def sizing_min_steps(budget_s: float | None) -> float:
 # LSTM won at 15 minutes (1.3996 against a GRU held at dropout 0.1, 1.4112).
 AUTO_CELLS = ("gru", "lstm")
 AUTO_CELL_PASSES = DROPOUT_PASSES[1]
+# The other way the LSTM wins: a machine where the GRU is too slow for the budget. torch runs the LSTM as one
+# fused oneDNN kernel and the GRU step by step, so an LSTM step is 2-3x cheaper on every CPU measured, but a
+# GRU step learns about as much as two of the LSTM's: GRU 2x256 with 498 steps matched LSTM 2x256 with 1,100
+# at 1 minute on the Zen 5 (1.6258 against 1.6309), and the GRU won wherever it made its need. On the Intel
+# Xeon, in 1 minute, no GRU shape did (GRU 2x192: 397 steps, 1.7109) and LSTM 2x128 made 1,500 and ended at
+# 1.6464. So when the GRU's choice falls short of its need the LSTM is probed too, its steps counted at
+# AUTO_LSTM_STEP_WORTH against the need, and taken if its choice then makes more effective steps than the GRU's.
+AUTO_LSTM_STEP_WORTH = 0.5
 
 
 LR_REF_HIDDEN = 512  # TrainConfig.lr was measured best at this width (benchmarks/README.md)

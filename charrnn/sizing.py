@@ -22,6 +22,7 @@ import torch
 from charrnn.config import (
     AUTO_CELL_PASSES,
     AUTO_CELLS,
+    AUTO_LSTM_STEP_WORTH,
     SIZING_BATCHES,
     SIZING_REF_BATCH,
     SIZING_SHAPES,
@@ -90,16 +91,17 @@ def size(shape: Shape) -> int:
     return shape.layers * shape.hidden * shape.hidden
 
 
-def effective_steps(steps: float, shape: Shape) -> float:
+def effective_steps(steps: float, shape: Shape, worth: float = 1.0) -> float:
     """Steps scaled by sqrt(batch / SIZING_REF_BATCH): below the critical batch size a step of twice the
     streams is worth about 1.4 steps, not 2 (the square-root rule for Adam), so a bigger batch pays only
-    when the hardware runs it nearly as fast (a GPU), not when its steps take twice as long (a CPU)."""
-    return steps * math.sqrt(shape.batch_size / SIZING_REF_BATCH)
+    when the hardware runs it nearly as fast (a GPU), not when its steps take twice as long (a CPU).
+    `worth`: what one step of this cell is worth against one of the first cell (AUTO_LSTM_STEP_WORTH)."""
+    return steps * math.sqrt(shape.batch_size / SIZING_REF_BATCH) * worth
 
 
-def qualifies(steps: float, shape: Shape, budget_s: float | None) -> bool:
+def qualifies(steps: float, shape: Shape, budget_s: float | None, worth: float = 1.0) -> bool:
     """Whether `shape` makes the effective steps a budget of `budget_s` seconds asks for (sizing_min_steps)."""
-    return effective_steps(steps, shape) >= sizing_min_steps(budget_s)
+    return effective_steps(steps, shape, worth) >= sizing_min_steps(budget_s)
 
 
 def planned_steps(rate: float, shape: Shape, seq_len: int, budget_s: float | None, max_steps: int | None) -> float:
@@ -108,14 +110,16 @@ def planned_steps(rate: float, shape: Shape, seq_len: int, budget_s: float | Non
     return min(steps, max_steps) if max_steps is not None else steps
 
 
-def choose(rates: Mapping[Shape, float], seq_len: int, budget_s: float | None, max_steps: int | None) -> Choice:
+def choose(
+    rates: Mapping[Shape, float], seq_len: int, budget_s: float | None, max_steps: int | None, worth: float = 1.0
+) -> Choice:
     """The largest shape that makes enough (effective) steps in the budget; among shapes of one size
     the one with the most effective steps; when none makes enough, the one with the most. Pure: the
     probe's measurements (or, under --steps alone, any rates) in, the choice out."""
     if not rates:
         raise ValueError("no candidate shapes to choose from")
     plan = {s: planned_steps(r, s, seq_len, budget_s, max_steps) for s, r in rates.items()}
-    ok = [s for s in plan if qualifies(plan[s], s, budget_s)]
+    ok = [s for s in plan if qualifies(plan[s], s, budget_s, worth)]
     if ok:
         best = max(ok, key=lambda s: (size(s), effective_steps(plan[s], s)))
     else:
@@ -158,8 +162,11 @@ def plan(
     --batch-size missing), and, under a time budget, the speed an automatic dropout needs.
 
     The cells are tried in AUTO_CELLS order: the GRU learns more per step, so it wins short budgets, and
-    the LSTM is taken once the GRU's plan would read the training text AUTO_CELL_PASSES times or more.
-    `share` makes every rank of a distributed run use rank 0's measurements."""
+    the LSTM is taken once the GRU's plan would read the training text AUTO_CELL_PASSES times or more, or
+    where no GRU shape makes the steps the budget needs and the LSTM, about twice as fast a step on some
+    CPUs, makes more of them even at AUTO_LSTM_STEP_WORTH apiece (only if the GRU left probe time for it:
+    no measurement, no switch).
+    `share` makes every rank of a distributed run use rank 0's measurements and decisions."""
     budget = cfg.budget_seconds
     cells = (model_flags["model"],) if model_flags.get("model") else AUTO_CELLS
     auto_shape, auto_cell = len(fixed) < 3, len(cells) > 1
@@ -168,20 +175,33 @@ def plan(
     cands = candidates(device.type, fixed)
     _import_optimizer_machinery()
     t0 = clock()
-    for i, cell in enumerate(cells):
-        if budget is None:  # --steps alone: no clock to measure against
-            choice = choose_for_steps(cands, cfg.steps)
-        else:
-            first = {"model": cell, "layers": cands[0].layers, "hidden": cands[0].hidden}
-            probe_ = Probe(ModelConfig(**{**model_flags, **first}), train_ids, cfg.seq_len, device, dtype, world)
-            left = min(PROBE_MAX_SECONDS, PROBE_BUDGET_FRAC * budget) - (clock() - t0)
-            limit = _cell_limit(left, len(cells) - 1 - i, budget, len(train_ids), cands)
-            log.debug("probe %s: %.1f s of the probe left", cell, left)
-            rates, _ = probe(cands, probe_.rate, cfg.seq_len, budget, cfg.steps, limit=limit, clock=clock)
-            choice = choose(share(rates), cfg.seq_len, budget, cfg.steps)
-        passes = choice.steps * choice.shape.batch_size * cfg.seq_len / max(1, len(train_ids))
-        if passes < AUTO_CELL_PASSES:
-            break
+
+    def left() -> float:
+        return min(PROBE_MAX_SECONDS, PROBE_BUDGET_FRAC * (budget or 0.0)) - (clock() - t0)
+
+    def measure(i: int, worth: float) -> Choice:
+        """The choice for cells[i], from the probe's measurements of it (no clock under --steps alone)."""
+        if budget is None:
+            return choose_for_steps(cands, cfg.steps)
+        first = {"model": cells[i], "layers": cands[0].layers, "hidden": cands[0].hidden}
+        probe_ = Probe(ModelConfig(**{**model_flags, **first}), train_ids, cfg.seq_len, device, dtype, world)
+        limit = _cell_limit(left(), len(cells) - 1 - i, budget, len(train_ids), cfg.seq_len, cands)
+        log.debug("probe %s: %.1f s of the probe left", cells[i], left())
+        rates, _ = probe(cands, probe_.rate, cfg.seq_len, budget, cfg.steps, limit=limit, clock=clock, worth=worth)
+        return choose(share(rates), cfg.seq_len, budget, cfg.steps, worth)
+
+    def passes(c: Choice) -> float:
+        return c.steps * c.shape.batch_size * cfg.seq_len / max(1, len(train_ids))
+
+    cell, choice = cells[0], measure(0, 1.0)
+    if auto_cell and passes(choice) >= AUTO_CELL_PASSES:
+        cell, choice = cells[1], measure(1, 1.0)
+    elif auto_cell and budget is not None and not qualifies(choice.steps, choice.shape, budget) and share(left() > 0):
+        other = measure(1, AUTO_LSTM_STEP_WORTH)
+        if effective_steps(other.steps, other.shape, AUTO_LSTM_STEP_WORTH) > effective_steps(
+            choice.steps, choice.shape
+        ):
+            cell, choice = cells[1], other
     seconds = clock() - t0
     if not (auto_shape or auto_cell):
         return Plan(choice, cell, seconds)
@@ -192,30 +212,33 @@ def plan(
         note = f"{cell} {choice.shape}: chosen for {cfg.steps:,} steps ({flags} set it)"
     else:
         note = (
-            f"{cell} {choice.shape}: about {choice.steps:,.0f} steps ({passes:.1f} passes) in {budget / 60:g} min "
-            f"at {choice.rate:,.0f} chars/s, measured in a {seconds:.1f} s probe ({flags} set it)"
+            f"{cell} {choice.shape}: about {choice.steps:,.0f} steps ({passes(choice):.1f} passes) in "
+            f"{budget / 60:g} min at {choice.rate:,.0f} chars/s, measured in a {seconds:.1f} s probe ({flags} set it)"
         )
     return Plan(choice, cell, seconds, note)
 
 
 def _cell_limit(
-    left: float, later: int, budget_s: float, chars: int, cands: list[Shape]
+    left: float, later: int, budget_s: float, chars: int, seq_len: int, cands: list[Shape]
 ) -> Callable[[Mapping[Shape, float]], float]:
     """The probe seconds one cell may use, from the `left` of the probe's limit, once its first (cheapest)
     shape is measured: all of them when no `later` cell can be needed, else an equal share.
 
-    A later cell is probed only if this one's choice reads the training text AUTO_CELL_PASSES times. No
-    choice reads faster than the cheapest shape at the widest batch, and a step of k times the streams
-    takes at least as long as one, so at most k times the first rate. In a 1-minute budget on
-    tiny-shakespeare that bound is far below AUTO_CELL_PASSES, and the GRU gets the whole 1.8 s: with half,
-    it measured 2x128 and 2x192 and stopped before 2x256, the best shape of that budget on the AVX-512
-    machine (benchmarks/README.md)."""
+    A later cell is probed if this one's choice reads the training text AUTO_CELL_PASSES times, or if it
+    cannot make its need (plan()). No choice reads faster than the cheapest shape at the widest batch, and
+    a step of k times the streams takes at least as long as one, so at most k times the first rate. In a
+    1-minute budget on tiny-shakespeare that bound is far below AUTO_CELL_PASSES, and where the cheapest
+    shape makes its need the GRU gets the whole 1.8 s: with half, it measured 2x128 and 2x192 and stopped
+    before 2x256, the best shape of that budget on the AVX-512 machine (benchmarks/README.md). Where even
+    the cheapest shape falls short (the GRU in 1 minute on the Intel machine), the later cell is likely to
+    be needed and gets its share."""
     widen = max(s.batch_size for s in cands) / min(s.batch_size for s in cands)
 
     def limit(rates: Mapping[Shape, float]) -> float:
-        first = next(iter(rates.values()))
-        needs_later = later > 0 and budget_s * first * widen / max(1, chars) >= AUTO_CELL_PASSES
-        return left / (1 + later) if needs_later else left
+        shape, first = next(iter(rates.items()))
+        reads_often = budget_s * first * widen / max(1, chars) >= AUTO_CELL_PASSES
+        starves = not qualifies(planned_steps(first, shape, seq_len, budget_s, None), shape, budget_s)
+        return left / (1 + later) if later > 0 and (reads_often or starves) else left
 
     return limit
 
@@ -306,13 +329,15 @@ def probe(
     max_steps: int | None,
     limit: float | Callable[[Mapping[Shape, float]], float] | None = None,
     clock: Callable[[], float] = time.perf_counter,
+    worth: float = 1.0,
 ) -> tuple[dict[Shape, float], float]:
     """Measure candidates from the cheapest up, batch by batch, until one can no longer make the steps it
     needs (a larger one, slower still, cannot either) or the probe's own time is spent. A wider batch
     starts at the largest shape that already qualified, as no smaller one can be chosen: measuring from
     the cheapest, a 1-minute probe spent its time on 2x128 and 2x192 at batch 32 and never reached 2x256.
     Returns the rates measured and the seconds the probe took (they count against the budget). `limit`:
-    the probe's seconds, or a function of the rates measured so far that gives them (_cell_limit)."""
+    the probe's seconds, or a function of the rates measured so far that gives them (_cell_limit); `worth`:
+    what a step of this cell counts for against the need (effective_steps)."""
     if limit is None:
         limit = min(PROBE_MAX_SECONDS, PROBE_BUDGET_FRAC * budget_s)
     limit_now = limit if callable(limit) else lambda rates, seconds=limit: seconds
@@ -326,7 +351,7 @@ def probe(
             t_shape = clock()
             rates[shape] = measure(shape)
             log.debug("probe %s: %.0f chars/s in %.2f s", shape, rates[shape], clock() - t_shape)
-            if not qualifies(planned_steps(rates[shape], shape, seq_len, budget_s, max_steps), shape, budget_s):
+            if not qualifies(planned_steps(rates[shape], shape, seq_len, budget_s, max_steps), shape, budget_s, worth):
                 break
             largest = max(largest, size(shape))
     return rates, clock() - t0

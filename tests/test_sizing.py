@@ -199,11 +199,45 @@ def test_a_two_minute_probe_reaches_the_shape_it_would_choose_with_every_speed_k
 
 def test_the_first_cell_gets_the_whole_probe_when_no_later_cell_can_be_needed():
     cands = sizing.candidates("cpu", {})
-    first = {cands[0]: 30_000.0}
-    big_text = sizing._cell_limit(1.8, 1, 60.0, 10**6, cands)(first)  # at most 2 * 30k * 60 / 1M = 3.6 passes
-    small_text = sizing._cell_limit(1.8, 1, 60.0, 10**5, cands)(first)  # 36 passes: the LSTM may follow
+    first = {cands[0]: 30_000.0}  # 2x128, batch 16: 879 steps in 1 minute, more than its need of 500
+    big_text = sizing._cell_limit(1.8, 1, 60.0, 10**6, 128, cands)(first)  # at most 2 * 30k * 60 / 1M = 3.6 passes
+    small_text = sizing._cell_limit(1.8, 1, 60.0, 10**5, 128, cands)(first)  # 36 passes: the LSTM may follow
     assert big_text == 1.8 and small_text == 0.9
-    assert sizing._cell_limit(1.8, 0, 60.0, 10**5, cands)(first) == 1.8  # the last cell: all that is left
+    assert sizing._cell_limit(1.8, 0, 60.0, 10**5, 128, cands)(first) == 1.8  # the last cell: all that is left
+    starved = {cands[0]: 12_000.0}  # 352 steps: no shape of this cell may make its need, the LSTM may follow
+    assert sizing._cell_limit(1.8, 1, 60.0, 10**6, 128, cands)(starved) == 0.9
+    assert sizing._cell_limit(1.8, 0, 60.0, 10**6, 128, cands)(starved) == 1.8
+
+
+@pytest.mark.parametrize(
+    "lstm_speedup,cell,shape",
+    [
+        (3.0, "lstm", Shape(2, 128, 16)),  # like the Intel Xeon in 1 minute
+        (1.4, "gru", Shape(2, 128, 16)),  # like the AVX2 machine: the LSTM's steps at half worth are fewer
+    ],
+)
+def test_a_gru_short_of_its_need_gives_way_to_an_lstm_that_makes_more_steps_at_half_their_worth(
+    monkeypatch, lstm_speedup, cell, shape
+):
+    """In 1 minute on the Intel Xeon no GRU shape made its 500 steps (GRU 2x192: 397, 1.7109 nats/char),
+    and LSTM 2x128, 3x as fast, made 1,500 and ended at 1.6464. An LSTM only 1.4x as fast (AVX2) makes
+    fewer steps than the GRU once they count half (config.AUTO_LSTM_STEP_WORTH), and the GRU stays."""
+    from charrnn.config import TrainConfig
+
+    seen = []
+
+    def rate(self, shape):
+        seen.append(self.model_cfg.model)
+        gru = 12_000.0 * 2 * 128 * 128 / sizing.size(shape)  # GRU 2x128: 352 steps of batch 16 in 1 minute
+        return gru * (lstm_speedup if self.model_cfg.model == "lstm" else 1.0)
+
+    monkeypatch.setattr(sizing.Probe, "rate", rate)
+    cfg = TrainConfig(minutes=1.0, device="cpu", precision="fp32")
+    ids = np.zeros(10**6, np.uint8)
+    plan = sizing.plan({"vocab_size": 65}, {}, cfg, ids, torch.device("cpu"), torch.float32)
+    assert "lstm" in seen and (plan.cell, plan.choice.shape) == (cell, shape)
+    assert not sizing.qualifies(plan.choice.steps, plan.choice.shape, 60.0) or cell == "lstm"
+    assert plan.note.startswith(f"{cell} {shape}:")
 
 
 def test_the_one_time_optimizer_import_is_not_charged_to_the_probe(monkeypatch):
@@ -295,3 +329,21 @@ def test_the_cell_is_gru_for_few_passes_lstm_for_many_and_an_explicit_model_wins
     assert (passes < AUTO_CELL_PASSES) == (cell == "gru") or "model" in flags
     assert set(seen) == ({cell} if "model" in flags or cell == "gru" else {"gru", "lstm"})
     assert plan.note.startswith(f"{cell} ") and ("--model" in plan.note) == ("model" not in flags)
+
+
+def test_a_gru_short_of_its_need_that_spent_the_probe_keeps_the_cell_unmeasured_lstm_untried(monkeypatch):
+    """The probe never runs past its 3%: a GRU whose first shape used it all is kept, starved or not."""
+    from charrnn.config import TrainConfig
+
+    clock, seen = FakeClock(), []
+
+    def rate(self, shape):
+        seen.append(self.model_cfg.model)
+        clock.now += 2.0  # more than a 1-minute budget's 1.8 s
+        return 12_000.0  # 352 steps: short of the 500 one minute needs
+
+    monkeypatch.setattr(sizing.Probe, "rate", rate)
+    cfg = TrainConfig(minutes=1.0, device="cpu", precision="fp32")
+    ids = np.zeros(10**6, np.uint8)
+    plan = sizing.plan({"vocab_size": 65}, {}, cfg, ids, torch.device("cpu"), torch.float32, clock=clock)
+    assert seen == ["gru"] and plan.cell == "gru"
