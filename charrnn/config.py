@@ -157,6 +157,7 @@ DROPOUT_PASSES = (6.0, 12.0)
 #   line from 1 to 5 minutes asked for 767 there, which 2x384 made, and the probe chose it;
 # - 5 minutes, 1,350: LSTM 2x384 with 1,143 steps lost to 2x256 with 2,039, and GRU 2x256 with 1,540 beat
 #   2x192 with 1,639 (AVX2); GRU 2x512 with 1,519 beat 2x384 (AVX-512 BF16, in a run that shared the CPU);
+#   against it, one run each on the Intel Xeon: GRU 2x384 with 1,000 steps beat 2x256 with 1,374 by 0.017;
 # - 15 minutes, 3,500: LSTM 2x768 with 2,389 steps (its probe planned 3,089) ended at 1.434 nats/char, no
 #   better than GRU 2x512 in 5 minutes, while 2x512 makes 4,600-8,000 (AVX-512 BF16).
 # Between those budgets the need follows the straight line through its neighbours on log-log axes (each
