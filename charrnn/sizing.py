@@ -52,6 +52,11 @@ PROBE_SETTLE = 0.15
 PROBE_MAX_WARM_UP = 6
 
 
+def probe_seconds(budget_s: float) -> float:
+    """The whole probe's limit for a budget of `budget_s` seconds, every cell's measurements together."""
+    return min(PROBE_MAX_SECONDS, PROBE_BUDGET_FRAC * budget_s)
+
+
 @dataclass(frozen=True)
 class Shape:
     """What sizing decides: the model's depth and width and the number of streams per step."""
@@ -177,7 +182,7 @@ def plan(
     t0 = clock()
 
     def left() -> float:
-        return min(PROBE_MAX_SECONDS, PROBE_BUDGET_FRAC * (budget or 0.0)) - (clock() - t0)
+        return probe_seconds(budget) - (clock() - t0)
 
     def measure(i: int, worth: float) -> Choice:
         """The choice for cells[i], from the probe's measurements of it (no clock under --steps alone)."""
@@ -194,13 +199,13 @@ def plan(
         return c.steps * c.shape.batch_size * cfg.seq_len / max(1, len(train_ids))
 
     cell, choice = cells[0], measure(0, 1.0)
+    starved = budget is not None and not qualifies(choice.steps, choice.shape, budget)
     if auto_cell and passes(choice) >= AUTO_CELL_PASSES:
         cell, choice = cells[1], measure(1, 1.0)
-    elif auto_cell and budget is not None and not qualifies(choice.steps, choice.shape, budget) and share(left() > 0):
+    elif auto_cell and starved and share(left() > 0):  # rank 0's clock decides, so every rank probes alike
         other = measure(1, AUTO_LSTM_STEP_WORTH)
-        if effective_steps(other.steps, other.shape, AUTO_LSTM_STEP_WORTH) > effective_steps(
-            choice.steps, choice.shape
-        ):
+        gru_steps = effective_steps(choice.steps, choice.shape)
+        if effective_steps(other.steps, other.shape, AUTO_LSTM_STEP_WORTH) > gru_steps:
             cell, choice = cells[1], other
     seconds = clock() - t0
     if not (auto_shape or auto_cell):
@@ -339,7 +344,7 @@ def probe(
     the probe's seconds, or a function of the rates measured so far that gives them (_cell_limit); `worth`:
     what a step of this cell counts for against the need (effective_steps)."""
     if limit is None:
-        limit = min(PROBE_MAX_SECONDS, PROBE_BUDGET_FRAC * budget_s)
+        limit = probe_seconds(budget_s)
     limit_now = limit if callable(limit) else lambda rates, seconds=limit: seconds
     t0 = clock()
     rates: dict[Shape, float] = {}
