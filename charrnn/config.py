@@ -147,23 +147,33 @@ DROPOUT_PASSES = (6.0, 12.0)
 
 # Automatic shape (charrnn.sizing): the candidates, smallest first, and what one needs to be worth its cost.
 # On a CPU budget the number of updates matters more than their width, so a shape qualifies only if it
-# makes sizing_min_steps(budget) effective steps in the budget; the largest that qualifies wins. The need
-# grows with the budget (compute-optimal training lets both the model and its updates grow; Chinchilla's
-# tokens grow as compute ** 0.5), fitted from the grids in benchmarks/README.md at four budgets:
-# - 1 minute, 500: GRU 2x128 with 564 steps beat 2x192 with 371 (AVX2), and GRU 2x256 with 527 beat 2x128
-#   with 846-969 (AVX-512 BF16);
-# - 2 minutes, 1,000: GRU 2x256 with 1,035-1,067 steps (1.5238-1.5239) and at batch 32 (1.5102) beat 2x384
-#   with 711-780 (1.5329-1.5498) and 2x512 with 569-615 (1.5343-1.5452) in two sessions (AVX-512 BF16); the
-#   line from 1 to 5 minutes asked for 767 there, which 2x384 made, and the probe chose it;
-# - 5 minutes, 1,350: LSTM 2x384 with 1,143 steps lost to 2x256 with 2,039, and GRU 2x256 with 1,540 beat
-#   2x192 with 1,639 (AVX2); GRU 2x512 with 1,519 beat 2x384 (AVX-512 BF16, in a run that shared the CPU);
-#   against it, one run each on the Intel Xeon: GRU 2x384 with 1,000 steps beat 2x256 with 1,374 by 0.017;
-# - 15 minutes, 3,500: LSTM 2x768 with 2,389 steps (its probe planned 3,089) ended at 1.434 nats/char, no
-#   better than GRU 2x512 in 5 minutes, while 2x512 makes 4,600-8,000 (AVX-512 BF16).
-# Between those budgets the need follows the straight line through its neighbours on log-log axes (each
-# anchor set with room for the probe's error either way); below them the first segment's slope, beyond them
-# SIZING_LONG_EXPONENT, Chinchilla's, where no grid was measured.
-SIZING_MIN_STEPS = ((1.0, 500.0), (2.0, 1000.0), (5.0, 1350.0), (15.0, 3500.0))  # (budget in minutes, effective steps)
+# makes sizing_min_steps(budget, width) effective steps in the budget; the largest that qualifies wins.
+# The need grows with the budget (compute-optimal training lets both the model and its updates grow;
+# Chinchilla's tokens grow as compute ** 0.5) and, beyond SIZING_WIDE_FROM units, with the width as
+# width ** SIZING_WIDTH_EXPONENT: a wider model has more to learn before its width pays. One need for
+# every width could not hold for every machine: in 2 minutes on the Zen 5, 2x384 with 711-780 steps lost
+# to 2x256 with 1,067 by 0.01-0.03 nats/char, while on the Intel Xeon as an AVX2 CPU 2x192 with 783 and
+# 2x256 with 651 beat 2x128 with 937-1,121 by 0.016-0.042; at 5 minutes on the Intel Xeon 2x384 with 1,000
+# steps beat 2x256 with 1,374 while on the Zen 5 2x768 with 892 lost to 2x512 with 1,536. The anchors
+# are the needs of 2x256 and narrower (benchmarks/README.md has every grid they were checked on):
+# - 1 minute, 500: GRU 2x128 with 564 steps beat 2x192 with 371 (AVX2), GRU 2x256 with 527 beat 2x128
+#   with 846-969 (Zen 5), and on the Intel Xeon no GRU made it (2x128: 426), which hands the budget to
+#   the LSTM (AUTO_LSTM_STEP_WORTH);
+# - 2 minutes, 700 (2x384: 857, 2x512: 990): GRU 2x256 with 845-1,067 steps beat 2x384 with 711-780 and
+#   2x512 with 615 (Zen 5), and 2x192 with 783 (566 at batch 32) beat 2x128 (Intel Xeon as an AVX2 CPU);
+# - 5 minutes, 750 (2x384: 919, 2x512: 1,061, 2x768: 1,299): GRU 2x256 with 1,540 beat 2x384 with 646
+#   (AVX2), 2x512 with 1,519-1,536 beat 2x384 and 2x768 (Zen 5), 2x384 with 1,000 beat 2x256 (Intel Xeon);
+# - 15 minutes, 2,100 (2x512: 2,970, 2x768: 3,637): LSTM 2x768 with 2,389 steps (its probe planned
+#   3,089) ended at 1.434 nats/char, behind 2x512 with 3,590-5,348 (1.4065-1.4138, Zen 5).
+# Fed each grid's measured steps, these anchors take a shape within 0.015 nats/char of the grid's best in 12
+# of the 13 grids they were fitted on (the other: 0.016, where two runs of one shape ended 0.08 apart); one
+# need for every width (1,000 at 2 minutes, 1,350 at 5) did so in 10 (0.016-0.051 behind in the others).
+# Between those budgets the need follows the straight line through its neighbours on log-log axes; below them
+# the first segment's slope, beyond them SIZING_LONG_EXPONENT, Chinchilla's, where no grid was measured. The
+# need never grows faster than the budget, so a longer budget never takes a smaller shape.
+SIZING_MIN_STEPS = ((1.0, 500.0), (2.0, 700.0), (5.0, 750.0), (15.0, 2100.0))  # (budget in minutes, effective steps)
+SIZING_WIDE_FROM = 256
+SIZING_WIDTH_EXPONENT = 0.5
 SIZING_LONG_EXPONENT = 0.5
 SIZING_REF_MINUTES = 5.0  # whose need --steps alone uses (no clock: any shape makes the steps it is given)
 # A third layer is for GPUs: on a CPU budget it learned less per step, not only fewer steps (LSTM 3x512 had
@@ -177,16 +187,19 @@ SIZING_BATCHES = {"cpu": (16, 32), "gpu": (32, 64, 128, 256)}  # a CPU gains no 
 SIZING_REF_BATCH = 16  # effective steps are counted in steps of this batch size (sizing.effective_steps)
 
 
-def sizing_min_steps(budget_s: float | None) -> float:
-    """Effective steps a shape must make in a budget of `budget_s` seconds to qualify: SIZING_MIN_STEPS
-    interpolated on log-log axes (None, --steps alone: the need of SIZING_REF_MINUTES)."""
+def sizing_min_steps(budget_s: float | None, width: float) -> float:
+    """Effective steps a shape `width` units wide (a two-layer stack's equivalent) must make in a budget of
+    `budget_s` seconds to qualify: SIZING_MIN_STEPS interpolated on log-log axes (None, --steps alone: the
+    need of SIZING_REF_MINUTES), times (width / SIZING_WIDE_FROM) ** SIZING_WIDTH_EXPONENT above it."""
     minutes = SIZING_REF_MINUTES if budget_s is None else budget_s / 60.0
     pts = SIZING_MIN_STEPS
     if minutes > pts[-1][0]:
-        return pts[-1][1] * (minutes / pts[-1][0]) ** SIZING_LONG_EXPONENT
-    i = next(k for k in range(1, len(pts)) if minutes <= pts[k][0] or k == len(pts) - 1)  # segment [i-1, i]
-    (m0, s0), (m1, s1) = pts[i - 1], pts[i]
-    return s0 * (minutes / m0) ** (math.log(s1 / s0) / math.log(m1 / m0))
+        need = pts[-1][1] * (minutes / pts[-1][0]) ** SIZING_LONG_EXPONENT
+    else:
+        i = next(k for k in range(1, len(pts)) if minutes <= pts[k][0] or k == len(pts) - 1)  # segment [i-1, i]
+        (m0, s0), (m1, s1) = pts[i - 1], pts[i]
+        need = s0 * (minutes / m0) ** (math.log(s1 / s0) / math.log(m1 / m0))
+    return need * max(1.0, width / SIZING_WIDE_FROM) ** SIZING_WIDTH_EXPONENT
 
 
 # Automatic cell (no --model): the GRU learns more per step and wins short budgets; once its plan reads the

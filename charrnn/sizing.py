@@ -104,9 +104,16 @@ def effective_steps(steps: float, shape: Shape, worth: float = 1.0) -> float:
     return steps * math.sqrt(shape.batch_size / SIZING_REF_BATCH) * worth
 
 
+def width(shape: Shape) -> float:
+    """The width of the two-layer stack with as many recurrent weights: a deeper shape needs as many steps as
+    the wider one it matches (sizing_min_steps)."""
+    return math.sqrt(size(shape) / 2)
+
+
 def qualifies(steps: float, shape: Shape, budget_s: float | None, worth: float = 1.0) -> bool:
-    """Whether `shape` makes the effective steps a budget of `budget_s` seconds asks for (sizing_min_steps)."""
-    return effective_steps(steps, shape, worth) >= sizing_min_steps(budget_s)
+    """Whether `shape` makes the effective steps a budget of `budget_s` seconds asks of its width
+    (sizing_min_steps)."""
+    return effective_steps(steps, shape, worth) >= sizing_min_steps(budget_s, width(shape))
 
 
 def planned_steps(rate: float, shape: Shape, seq_len: int, budget_s: float | None, max_steps: int | None) -> float:
