@@ -165,9 +165,9 @@ DROPOUT_PASSES = (6.0, 12.0)
 #   (AVX2), 2x512 with 1,519-1,536 beat 2x384 and 2x768 (Zen 5), 2x384 with 1,000 beat 2x256 (Intel Xeon);
 # - 15 minutes, 2,100 (2x512: 2,970, 2x768: 3,637): LSTM 2x768 with 2,389 steps (its probe planned
 #   3,089) ended at 1.434 nats/char, behind 2x512 with 3,590-5,348 (1.4065-1.4138, Zen 5).
-# Fed each grid's measured steps, these anchors take a shape within 0.015 nats/char of the grid's best in 12
-# of the 13 grids they were fitted on (the other: 0.016, where two runs of one shape ended 0.08 apart); one
-# need for every width (1,000 at 2 minutes, 1,350 at 5) did so in 10 (0.016-0.051 behind in the others).
+# Fed each grid's measured steps (`python benchmarks/backtest.py`), these anchors take a shape within 0.015
+# nats/char of the grid's best in all 14 grids, 13 they were fitted on and one measured after; one need for
+# every width (1,000 at 2 minutes, 1,350 at 5) did so in 11 (0.017-0.051 behind in the others).
 # Between those budgets the need follows the straight line through its neighbours on log-log axes; below them
 # the first segment's slope, beyond them SIZING_LONG_EXPONENT, Chinchilla's, where no grid was measured. The
 # need never grows faster than the budget, so a longer budget never takes a smaller shape.
