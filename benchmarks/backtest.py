@@ -149,17 +149,13 @@ def pick(rows: list[tuple[str, int, int, float, float]], budget_s: float) -> tup
         rates = {s: r[3] * s.batch_size * SEQ_LEN / budget_s for s, r in by_shape[cell].items()}
         return sizing.choose(rates, SEQ_LEN, budget_s, None, worth)
 
-    gru = choose("gru", 1.0)
-    if gru is not None and sizing.qualifies(gru.steps, gru.shape, budget_s):
+    gru = choose("gru", 1.0)  # every grid has GRU rows
+    if sizing.qualifies(gru.steps, gru.shape, budget_s):
         return by_shape["gru"][gru.shape]
-    worth = config.AUTO_LSTM_STEP_WORTH
-    lstm = choose("lstm", worth)
-    if lstm is not None and (
-        gru is None
-        or sizing.effective_steps(lstm.steps, lstm.shape, worth) > sizing.effective_steps(gru.steps, gru.shape)
-    ):
-        return by_shape["lstm"][lstm.shape]
-    return by_shape["gru"][gru.shape]
+    lstm = choose("lstm", config.AUTO_LSTM_STEP_WORTH)
+    return (
+        by_shape["lstm"][lstm.shape] if lstm is not None and sizing.lstm_wins(gru, lstm) else by_shape["gru"][gru.shape]
+    )
 
 
 def main() -> None:

@@ -122,6 +122,19 @@ def planned_steps(rate: float, shape: Shape, seq_len: int, budget_s: float | Non
     return min(steps, max_steps) if max_steps is not None else steps
 
 
+def qualifies_at(
+    rate: float, shape: Shape, seq_len: int, budget_s: float, max_steps: int | None = None, worth: float = 1.0
+) -> bool:
+    """Whether `shape`, measured at `rate` chars/s, makes its need in the budget (qualifies)."""
+    return qualifies(planned_steps(rate, shape, seq_len, budget_s, max_steps), shape, budget_s, worth)
+
+
+def lstm_wins(gru: Choice, lstm: Choice) -> bool:
+    """Whether the LSTM's choice, its steps counted at AUTO_LSTM_STEP_WORTH, makes more effective steps than
+    the GRU's (asked only where the GRU's choice falls short of its need: plan())."""
+    return effective_steps(lstm.steps, lstm.shape, AUTO_LSTM_STEP_WORTH) > effective_steps(gru.steps, gru.shape)
+
+
 def choose(
     rates: Mapping[Shape, float], seq_len: int, budget_s: float | None, max_steps: int | None, worth: float = 1.0
 ) -> Choice:
@@ -211,8 +224,7 @@ def plan(
         cell, choice = cells[1], measure(1, 1.0)
     elif auto_cell and starved and share(left() > 0):  # rank 0's clock decides, so every rank probes alike
         other = measure(1, AUTO_LSTM_STEP_WORTH)
-        gru_steps = effective_steps(choice.steps, choice.shape)
-        if effective_steps(other.steps, other.shape, AUTO_LSTM_STEP_WORTH) > gru_steps:
+        if lstm_wins(choice, other):
             cell, choice = cells[1], other
     seconds = clock() - t0
     if not (auto_shape or auto_cell):
@@ -249,7 +261,7 @@ def _cell_limit(
     def limit(rates: Mapping[Shape, float]) -> float:
         shape, first = next(iter(rates.items()))
         reads_often = budget_s * first * widen / max(1, chars) >= AUTO_CELL_PASSES
-        starves = not qualifies(planned_steps(first, shape, seq_len, budget_s, None), shape, budget_s)
+        starves = not qualifies_at(first, shape, seq_len, budget_s)
         return left / (1 + later) if later > 0 and (reads_often or starves) else left
 
     return limit
@@ -363,7 +375,7 @@ def probe(
             t_shape = clock()
             rates[shape] = measure(shape)
             log.debug("probe %s: %.0f chars/s in %.2f s", shape, rates[shape], clock() - t_shape)
-            if not qualifies(planned_steps(rates[shape], shape, seq_len, budget_s, max_steps), shape, budget_s, worth):
+            if not qualifies_at(rates[shape], shape, seq_len, budget_s, max_steps, worth):
                 break
             largest = max(largest, size(shape))
     return rates, clock() - t0
