@@ -108,6 +108,40 @@ def train_throughput(corpus: Path, cell: str, hidden: int, precision: str, repea
     }
 
 
+def gru_training(result: dict, repeats: int, tmp: Path) -> None:
+    """A GRU training step through torch's nn.GRU and through charrnn.grutrain's kernel, alternating in one
+    trainer (the switch is CHARRNN_KERNEL, read at every forward), at the automatic shape's batch sizes."""
+    print("2b. GRU training step: nn.GRU against the kernel (window 128)", flush=True)
+    corpus = tmp / "gru.txt"
+    write_corpus(corpus, 2_000_000)
+    result["gru_train"] = {}
+    for hidden, batch in ((256, 16), (256, 32), (512, 16)):
+        for precision in ("auto", "fp32"):
+            flags = {"seq_len": 128, "batch_size": batch, "device": "cpu", "precision": precision, "steps": 10**9}
+            name = f"gru2x{hidden}-b{batch}-{precision}"
+            trainer = Trainer.from_flags(corpus, {"model": "gru", "hidden": hidden, "layers": 2}, flags, tmp / name)
+            times: dict[bool, list[float]] = {False: [], True: []}
+            for i in range(2 + 2 * repeats):
+                on = i % 2 == 1
+                with kernel_switch(on):
+                    t0 = time.perf_counter()
+                    trainer.train_step(1e-3)
+                    if i >= 2:  # the first step of each path is warm-up
+                        times[on].append(time.perf_counter() - t0)
+            plain, fast = (batch * 128 / statistics.median(times[k]) for k in (False, True))
+            r = {
+                "nn_gru_chars_per_s": round(plain),
+                "kernel_chars_per_s": round(fast),
+                "speedup": round(fast / plain, 2),
+            }
+            result["gru_train"][name] = r
+            print(
+                f"  gru 2x{hidden} batch {batch} {precision:4s} ({str(trainer.run.dtype).removeprefix('torch.'):8s}) "
+                f"nn.GRU {plain:>7,.0f} chars/s, kernel {fast:>7,.0f} chars/s: {fast / plain:.2f}x",
+                flush=True,
+            )
+
+
 @contextlib.contextmanager
 def kernel_switch(on: bool):
     """CHARRNN_KERNEL set for the duration (FastRNN and Sampler read it when they are built), then restored."""
@@ -387,6 +421,7 @@ def main() -> None:
     ap.add_argument("--eval-mb", type=int, default=None, help="size of the file for the eval memory line (100)")
     ap.add_argument("--only-eval-memory", action="store_true", help="measure only the eval memory line")
     ap.add_argument("--only-sample", action="store_true", help="measure only sampling (section 3)")
+    ap.add_argument("--only-gru-train", action="store_true", help="measure only the GRU training step (2b)")
     args = ap.parse_args()
     repeats = 3 if args.quick else 7
     tmp = Path(tempfile.mkdtemp(prefix="charrnn-speed-"))
@@ -410,6 +445,10 @@ def main() -> None:
         return
     if args.only_sample:
         sampling(result, repeats, tmp, args.quick)
+        print("RESULT " + json.dumps(result))
+        return
+    if args.only_gru_train:
+        gru_training(result, repeats, tmp)
         print("RESULT " + json.dumps(result))
         return
     print("1. matmul roofline", flush=True)
@@ -438,6 +477,7 @@ def main() -> None:
         fp32, auto = (result["train"][f"{cell}2x{hidden}/{p}"]["chars_per_s"] for p in ("fp32", "auto"))
         result["train"][f"{cell}2x{hidden}/speedup"] = round(auto / fp32, 2)
         print(f"  {cell} 2x{hidden} default precision / fp32 = {auto / fp32:.2f}x", flush=True)
+    gru_training(result, repeats, tmp)
 
     sampling(result, repeats, tmp, args.quick)
     print("4. corpus preparation", flush=True)

@@ -219,3 +219,94 @@ int step1(const step_plan *s, long id) {
         for (long j = 0; j < q->n; j++) q->y[j] += q->b[j];
     return 0;
 }
+
+/* Training's GRU steps (charrnn/grutrain.py): the elementwise work of one time step of one layer, forward and
+ * backward, around torch's matmuls, so a step costs one matmul and one call instead of the ~10 (forward) and ~20
+ * (backward) small tensor ops that dominate an autograd GRU at batch 16. The state and the saved gates are float32;
+ * the matmuls' operands and results are "lp": bfloat16 when `bf16` is set (a mixed-precision run), else float32.
+ * torch's GRU: r = sigmoid(gi_r + gh_r), z = sigmoid(gi_z + gh_z), n = tanh(gi_n + r * gh_n), h = n + z * (hp - n),
+ * with gi = W_ih x + b_ih and gh = W_hh hp + b_hh; sigmoid(a) = tanh(a / 2) / 2 + 1/2. */
+
+/* Rows of float32 into lp: two plain loops the compiler vectorises, where a per-element branch would not. */
+static void store_lp(void *dst, int bf16, long at, const float *src, long n) {
+    if (!bf16) {
+        memcpy((float *)dst + at, src, (size_t)n * sizeof(float));
+        return;
+    }
+    uint16_t *d = (uint16_t *)dst + at;
+    for (long j = 0; j < n; j++) {
+        uint32_t u;
+        memcpy(&u, src + j, sizeof u);
+        const uint32_t rounded = u + 0x7fffu + ((u >> 16) & 1u); /* round to nearest even, as torch does */
+        d[j] = (uint16_t)(((u & 0x7fffffffu) > 0x7f800000u ? (u | 0x00400000u) : rounded) >> 16); /* NaN stays NaN */
+    }
+}
+
+static void load_lp(float *dst, const void *src, int bf16, long at, long n) {
+    if (!bf16) {
+        memcpy(dst, (const float *)src + at, (size_t)n * sizeof(float));
+        return;
+    }
+    const uint16_t *s = (const uint16_t *)src + at;
+    for (long j = 0; j < n; j++) {
+        const uint32_t u = (uint32_t)s[j] << 16;
+        memcpy(dst + j, &u, sizeof u);
+    }
+}
+
+/* Forward. gh (B, 3H) lp, the hidden matmul with b_hh; gi (B, 3H) float32, the input share with b_ih; hp (B, H) the
+ * previous state. Writes h (B, H), h_lp (B, H) (the next matmul's operand) and saved (B, 4H): r, z, n, gh_n.
+ * work: (4H,) float32 scratch. */
+void gru_train_fwd(const void *gh, const float *gi, const float *hp, float *h, void *h_lp, float *saved, int bf16,
+                   int B, int H, float *work) {
+    const long G = 3L * H;
+    for (int b = 0; b < B; b++) {
+        const float *ib = gi + b * G, *pb = hp + (long)b * H;
+        float *s = saved + 4L * H * b, *hb = h + (long)b * H;
+        float *n = s + 2L * H, *ghn = s + 3L * H;
+        load_lp(work, gh, bf16, b * G, G);
+        for (long j = 0; j < 2L * H; j++) s[j] = (ib[j] + work[j]) * 0.5f;
+        tanh_to(s, s, 2L * H);
+        for (long j = 0; j < 2L * H; j++) s[j] = s[j] * 0.5f + 0.5f;
+        for (long j = 0; j < H; j++) {
+            ghn[j] = work[2L * H + j];
+            n[j] = ib[2L * H + j] + s[j] * ghn[j];
+        }
+        tanh_to(n, n, H);
+        for (long j = 0; j < H; j++) hb[j] = n[j] + s[H + j] * (pb[j] - n[j]);
+        store_lp(h_lp, bf16, (long)b * H, hb, H);
+    }
+}
+
+/* Backward through one step. dh = carry + dout + m, where m (B, H) lp is the later step's dgh @ W_hh (or NULL at the
+ * window's last step); saved and hp as the forward wrote and read them. Writes dgi (B, 3H) lp (the gradient of gi,
+ * and of b_ih), dgh (B, 3H) lp (of gh and b_hh) and carry (B, H) = dh * z, the part of dh that flows straight to hp;
+ * adds dgi's and dgh's rows into the bias gradients d_bi and d_bh (3H,) float32. work: (4H,) float32 scratch. */
+void gru_train_bwd(float *carry, const float *dout, const void *m, const float *saved, const float *hp, void *dgi,
+                   void *dgh, int bf16, int B, int H, float *work, float *d_bi, float *d_bh) {
+    const long G = 3L * H;
+    float *g = work, *dh = work + G; /* g: dr, dz, dn, then dn * r in place of dn */
+    for (int b = 0; b < B; b++) {
+        const float *s = saved + 4L * H * b, *pb = hp + (long)b * H, *db = dout + (long)b * H;
+        const float *r = s, *z = s + H, *n = s + 2L * H, *ghn = s + 3L * H;
+        float *cb = carry + (long)b * H;
+        if (m) {
+            load_lp(dh, m, bf16, (long)b * H, H);
+            for (long j = 0; j < H; j++) dh[j] = cb[j] + db[j] + dh[j];
+        } else {
+            for (long j = 0; j < H; j++) dh[j] = cb[j] + db[j];
+        }
+        for (long j = 0; j < H; j++) {
+            const float dn = dh[j] * (1.0f - z[j]) * (1.0f - n[j] * n[j]);
+            g[j] = dn * ghn[j] * r[j] * (1.0f - r[j]);
+            g[H + j] = dh[j] * (pb[j] - n[j]) * z[j] * (1.0f - z[j]);
+            g[2L * H + j] = dn;
+            cb[j] = dh[j] * z[j];
+        }
+        store_lp(dgi, bf16, b * G, g, G);
+        for (long j = 0; j < G; j++) d_bi[j] += g[j];
+        for (long j = 0; j < H; j++) g[2L * H + j] *= r[j];
+        store_lp(dgh, bf16, b * G, g, G);
+        for (long j = 0; j < G; j++) d_bh[j] += g[j];
+    }
+}

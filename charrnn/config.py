@@ -211,7 +211,8 @@ def sizing_min_steps(budget_s: float | None, width: float) -> float:
 AUTO_CELLS = ("gru", "lstm")
 AUTO_CELL_PASSES = DROPOUT_PASSES[1]
 # The other way the LSTM wins: a machine where the GRU is too slow for the budget. torch runs the LSTM as one
-# fused oneDNN kernel and the GRU step by step, so an LSTM step is 2-3x cheaper on every CPU measured, but a
+# fused oneDNN kernel and the GRU step by step, so an LSTM step was 2-3x cheaper on every CPU measured (the
+# GRU's own kernel, charrnn.grutrain, narrows that where it loads; the probe measures whichever runs), but a
 # GRU step learns about as much as two of the LSTM's: GRU 2x256 with 498 steps matched LSTM 2x256 with 1,100
 # at 1 minute on the Zen 5 (1.6258 against 1.6309), and the GRU won wherever it made its need. On the Intel
 # Xeon, in 1 minute, no GRU shape did (GRU 2x192: 397 steps, 1.7109) and LSTM 2x128 made 1,500 and ended at

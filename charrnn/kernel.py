@@ -1,9 +1,11 @@
-"""The sampler's compiled kernel (_kernel.c): built once per machine with the C compiler at hand, loaded with
-ctypes. Imports no torch.
+"""The compiled kernel (_kernel.c) of the sampler and of the GRU's training steps: built once per machine with the
+C compiler at hand, loaded with ctypes. Imports no torch.
 
 At batch 1 a FastRNN step is a few matrix-vector products and, around them, ~25 numpy calls of gate
 arithmetic and drawing, each costing more in call overhead than in arithmetic. The kernel does that
-arithmetic in one call per layer and one per draw; the products stay in numpy (OpenBLAS).
+arithmetic in one call per layer and one per draw; the products stay in numpy (OpenBLAS). Training a GRU has
+the same shape of problem at batch 16 (torch's small ops around each time step's matmul): charrnn.grutrain
+calls gru_train_fwd and gru_train_bwd once a time step, around torch's matmuls.
 
 The kernel's tanh is glibc's vector tanhf (libmvec: x86-64 Linux, glibc >= 2.35, AVX2 or AVX-512); elsewhere
 there is no kernel, since a scalar tanh would make the step slower than numpy's. A compiler is optional too:
@@ -58,6 +60,8 @@ class Kernel:
     lstm_cell: ctypes._CFuncPtr  # (g, bias|None, rows|None, c, h, h_stride, B, H)
     gru_cell: ctypes._CFuncPtr  # (gh, bh|None, gi, bi|None, h, h_stride, B, H)
     rnn_cell: ctypes._CFuncPtr  # (a, bias|None, rows|None, h, h_stride, B, H)
+    gru_train_fwd: ctypes._CFuncPtr  # (gh, gi, hp, h, h_lp, saved, bf16, B, H, work): training, charrnn/grutrain.py
+    gru_train_bwd: ctypes._CFuncPtr  # (carry, dout, m|None, saved, hp, dgi, dgh, bf16, B, H, work, d_bi, d_bh)
     draw_one: ctypes._CFuncPtr  # (logits, V, inv_temp, u, work) -> index
     step1: ctypes._CFuncPtr  # (address of a StepPlan, id) -> 0, or -1 for an id outside the table
     lanes: int  # 16 or 8: libmvec's AVX-512 or AVX2 tanhf
@@ -237,6 +241,8 @@ def _open(path: Path) -> Kernel | None:
         "lstm_cell": ([p, p, p, p, p, lng, i, i], None),
         "gru_cell": ([p, p, p, p, p, lng, i, i], None),
         "rnn_cell": ([p, p, p, p, lng, i, i], None),
+        "gru_train_fwd": ([p, p, p, p, p, p, i, i, i, p], None),
+        "gru_train_bwd": ([p, p, p, p, p, p, p, i, i, i, p, p, p], None),
         "draw_one": ([p, lng, dbl, dbl, p], lng),
         "step1": ([p, lng], i),
         "kernel_lanes": ([], i),

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
+from charrnn import grutrain
 from charrnn.config import ModelConfig
 from charrnn.devices import full_precision
 
@@ -84,8 +85,11 @@ class CharRNN(nn.Module):
         x = self._drop(self.embed(ids))  # (B, T, E)
         if state is not None:
             state = state if self.cfg.model == "lstm" else state[0]
-        if self.training and self.cfg.weight_drop > 0:
-            out, new_state = functional_call(self.rnn, self._dropped_weights(), (x, state))  # (B, T, H)
+        dropped = self._dropped_weights() if self.training and self.cfg.weight_drop > 0 else None
+        if self.training and self.cfg.model == "gru" and grutrain.available(x.device):
+            out, new_state = grutrain.gru_forward(self.rnn, x, state, dropped)  # (B, T, H): nn.GRU's, faster
+        elif dropped:
+            out, new_state = functional_call(self.rnn, dropped, (x, state))  # (B, T, H)
         else:
             out, new_state = self.rnn(x, state)  # (B, T, H)
         out = self._drop(out)  # (B, T, H)
