@@ -105,3 +105,22 @@ def test_charrnn_trains_a_gru_through_the_kernel_and_evaluates_through_nn_gru(mo
     model.train()
     model(ids)
     assert calls == [1] and not grutrain.available(CPU)
+
+
+@pytest.mark.parametrize("reorder_fails", [False, True])
+def test_the_per_step_product_is_x_times_w_transposed_plus_b_with_or_without_onednn(reorder_fails, monkeypatch):
+    asked = []
+    if reorder_fails:  # a torch without oneDNN's reordered linear: plain F.linear, same result
+
+        def missing(*args):
+            asked.append(args)
+            raise RuntimeError("no such op")
+
+        monkeypatch.setattr(torch.ops.mkldnn, "_reorder_linear_weight", missing)
+    torch.manual_seed(5)
+    w, b, x = torch.randn(12, 5), torch.randn(12), torch.randn(3, 5)
+    for bias in (b, None):
+        got = grutrain._repeated(w, bias, 3)(x)
+        assert got.is_contiguous()
+        torch.testing.assert_close(got, torch.nn.functional.linear(x, w, bias), rtol=1e-5, atol=1e-5)
+    assert len(asked) == (2 if reorder_fails else 0)
