@@ -43,8 +43,8 @@ def _ptr(t: torch.Tensor) -> int:
 
 def _repeated(w: torch.Tensor, b: torch.Tensor | None, rows: int) -> Callable[[torch.Tensor], torch.Tensor]:
     """x -> x @ w.T + b for the `rows`-row operand of every time step of a window. oneDNN's linear with the
-    weight reordered once for that shape runs these small products 1.4-1.9x faster than addmm (2x512 GRU,
-    batch 16, bf16 and fp32, benchmarks/README.md); where torch has no oneDNN, plain F.linear."""
+    weight reordered once for that shape runs these small products 1.2-1.9x faster than addmm (GRU 2x256 and
+    2x512, batch 16, bf16 and fp32, on a Zen 4: benchmarks/README.md); where torch has no oneDNN, F.linear."""
     try:
         packed = torch.ops.mkldnn._reorder_linear_weight(w, rows)
         linear = torch.ops.mkldnn._linear_pointwise
