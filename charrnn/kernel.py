@@ -310,7 +310,62 @@ def _self_test(k: Kernel) -> bool:
     work = np.empty(4)
     cum = np.cumsum(np.exp(logits - 2.0))
     picks = [k.draw_one(logits.ctypes.data, 4, 1.0, u, work.ctypes.data) for u in (0.0, 0.5, 0.99)]
-    return picks == [int(np.searchsorted(cum, u * cum[-1], side="right")) for u in (0.0, 0.5, 0.99)]
+    if picks != [int(np.searchsorted(cum, u * cum[-1], side="right")) for u in (0.0, 0.5, 0.99)]:
+        return False
+    return _gru_train_test(k)
+
+
+def _gru_train_test(k: Kernel) -> bool:
+    """One GRU training step forward and backward (B 2, H 3; float32 and bfloat16 operands) against numpy's
+    float64 formulas, so a miscompiled training kernel never trains a model."""
+    H, rng = 3, np.random.default_rng(0)
+    gh, gi = rng.standard_normal((2, 3 * H), np.float32), rng.standard_normal((2, 3 * H), np.float32)
+    hp, dout, m = (rng.standard_normal((2, H), np.float32) for _ in range(3))
+    for bf16, tol in ((0, 1e-5), (1, 1e-2)):  # bf16 results are rounded to 8 bits of mantissa
+        to, back = (_to_bf16, _from_bf16) if bf16 else (np.ascontiguousarray, np.asarray)
+        gh_lp, m_lp = to(gh), to(m)
+        want_h, want_dgi, want_carry = _gru_step_reference(back(gh_lp), gi, hp, dout, back(m_lp))
+        h, h_lp = np.empty((2, H), np.float32), to(np.zeros((2, H), np.float32))
+        saved, work = np.empty(2 * 4 * H, np.float32), np.empty(4 * H, np.float32)
+        k.gru_train_fwd(
+            gh_lp.ctypes.data, gi.ctypes.data, hp.ctypes.data, h.ctypes.data, h_lp.ctypes.data,
+            saved.ctypes.data, bf16, 2, H, work.ctypes.data,
+        )  # fmt: skip
+        carry, dgi, dgh = (
+            np.zeros((2, H), np.float32),
+            to(np.zeros((2, 3 * H), np.float32)),
+            to(np.zeros((2, 3 * H), np.float32)),
+        )
+        d_bi, d_bh = np.zeros(3 * H, np.float32), np.zeros(3 * H, np.float32)
+        k.gru_train_bwd(
+            carry.ctypes.data, dout.ctypes.data, m_lp.ctypes.data, saved.ctypes.data, hp.ctypes.data,
+            dgi.ctypes.data, dgh.ctypes.data, bf16, 2, H, work.ctypes.data, d_bi.ctypes.data, d_bh.ctypes.data,
+        )  # fmt: skip
+        close = [(h, want_h), (back(h_lp), want_h), (back(dgi), want_dgi), (carry, want_carry), (d_bi, want_dgi.sum(0))]
+        if not all(np.allclose(got, want, rtol=tol, atol=tol) for got, want in close):
+            return False
+    return True
+
+
+def _gru_step_reference(gh, gi, hp, dout, m):
+    """torch's GRU step and its backward in float64: h (B, H), d gi (B, 3H), the carry dh * z (B, H)."""
+    gh, gi, hp, dh = (np.asarray(a, np.float64) for a in (gh, gi, hp, np.asarray(dout) + np.asarray(m)))
+    H = hp.shape[1]
+    r, z = (1 / (1 + np.exp(-(gi[:, j * H : (j + 1) * H] + gh[:, j * H : (j + 1) * H]))) for j in (0, 1))
+    n = np.tanh(gi[:, 2 * H :] + r * gh[:, 2 * H :])
+    dn = dh * (1 - z) * (1 - n * n)
+    dgi = np.concatenate([dn * gh[:, 2 * H :] * r * (1 - r), dh * (hp - n) * z * (1 - z), dn], axis=1)
+    return n + z * (hp - n), dgi, dh * z
+
+
+def _to_bf16(a: np.ndarray) -> np.ndarray:
+    """float32 -> bfloat16 bits (uint16), rounded to nearest even as torch and the kernel round."""
+    u = np.ascontiguousarray(a, np.float32).view(np.uint32)
+    return ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint16)
+
+
+def _from_bf16(a: np.ndarray) -> np.ndarray:
+    return (a.astype(np.uint32) << 16).view(np.float32)
 
 
 def _step_test(k: Kernel, sgemv: int) -> bool:

@@ -124,3 +124,20 @@ def test_the_per_step_product_is_x_times_w_transposed_plus_b_with_or_without_one
         assert got.is_contiguous()
         torch.testing.assert_close(got, torch.nn.functional.linear(x, w, bias), rtol=1e-5, atol=1e-5)
     assert len(asked) == (2 if reorder_fails else 0)
+
+
+@needs_kernel
+def test_the_kernels_load_time_check_passes_the_training_cells_and_catches_a_wrong_one() -> None:
+    """kernel._open refuses a build whose GRU training cells compute wrong (a miscompile): the check must
+    pass the real ones and fail ones that drop the later step's gradient."""
+    k = kernel.load()
+    assert kernel._gru_train_test(k)
+
+    class Broken:
+        gru_train_fwd = k.gru_train_fwd
+
+        @staticmethod
+        def gru_train_bwd(carry, dout, m, *rest):
+            k.gru_train_bwd(carry, dout, None, *rest)
+
+    assert not kernel._gru_train_test(Broken())
