@@ -24,10 +24,17 @@ from charrnn import kernel as _kernel
 KERNEL_DTYPES = (torch.float32, torch.bfloat16)  # the matmul dtypes the kernel reads and writes
 
 
+def kernel_for(device: torch.device) -> _kernel.Kernel | None:
+    """The kernel a GRU trained here, now, runs on, or None for nn.GRU: it needs a CPU, fp32 or bf16 autocast,
+    and the kernel built and loaded (never with CHARRNN_KERNEL=0). Asked once a training step; the layers'
+    forward and backward get its answer rather than asking again."""
+    if device.type != "cpu" or compute_dtype(device) not in KERNEL_DTYPES:
+        return None
+    return _kernel.load()
+
+
 def available(device: torch.device) -> bool:
-    """Whether a GRU trained here, now, takes this path: on a CPU, in fp32 or under bf16 autocast, with the
-    kernel built and loaded (never with CHARRNN_KERNEL=0)."""
-    return device.type == "cpu" and compute_dtype(device) in KERNEL_DTYPES and _kernel.load() is not None
+    return kernel_for(device) is not None
 
 
 def compute_dtype(device: torch.device) -> torch.dtype:
@@ -35,10 +42,6 @@ def compute_dtype(device: torch.device) -> torch.dtype:
     if torch.is_autocast_enabled(device.type):
         return torch.get_autocast_dtype(device.type)
     return torch.float32
-
-
-def _ptr(t: torch.Tensor) -> int:
-    return t.data_ptr()
 
 
 def _repeated(w: torch.Tensor, b: torch.Tensor | None, rows: int) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -55,12 +58,13 @@ def _repeated(w: torch.Tensor, b: torch.Tensor | None, rows: int) -> Callable[[t
 
 
 class _Layer(torch.autograd.Function):
-    """One GRU layer over one window: (x (T, B, I) lp, h0 (B, H) fp32, weights lp) -> (out (T, B, H) lp, h_T
-    (B, H) fp32). lp is float32 or bfloat16; the saved gates and the state that carries across windows are float32."""
+    """One GRU layer over one window on kernel k: (x (T, B, I) lp, h0 (B, H) fp32, weights lp) -> (out (T, B, H)
+    lp, h_T (B, H) fp32). lp is float32 or bfloat16; the saved gates and the state that carries across windows
+    are float32."""
 
     @staticmethod
-    def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh):
-        k = _kernel.load()
+    def forward(ctx, k, x, h0, w_ih, w_hh, b_ih, b_hh):
+        ctx.k = k
         T, B, _ = x.shape
         H = h0.shape[1]
         lp, bf16 = x.dtype, int(x.dtype == torch.bfloat16)
@@ -74,11 +78,12 @@ class _Layer(torch.autograd.Function):
             hs_lp[0] = h0
             hidden = _repeated(w_hh, b_hh, B)
             f32, lps = B * H * 4, B * H * hs_lp.element_size()  # bytes of one (B, H) step
-            p_gi, p_h, p_hlp, p_s = _ptr(gi), _ptr(hs), _ptr(hs_lp), _ptr(saved)
+            p_gi, p_h, p_hlp, p_s = gi.data_ptr(), hs.data_ptr(), hs_lp.data_ptr(), saved.data_ptr()
+            p_work = work.data_ptr()
             for t in range(T):
                 gh = hidden(hs_lp[t])  # (B, 3H)
                 k.gru_train_fwd(
-                    _ptr(gh),
+                    gh.data_ptr(),
                     p_gi + 3 * t * f32,
                     p_h + t * f32,
                     p_h + (t + 1) * f32,
@@ -87,14 +92,14 @@ class _Layer(torch.autograd.Function):
                     bf16,
                     B,
                     H,
-                    _ptr(work),
+                    p_work,
                 )
         ctx.save_for_backward(x, hs, hs_lp, saved, w_ih, w_hh)
         return hs_lp[1:].clone(), hs[T].clone()
 
     @staticmethod
     def backward(ctx, d_out, d_hT):
-        k = _kernel.load()
+        k = ctx.k
         x, hs, hs_lp, saved, w_ih, w_hh = ctx.saved_tensors
         T, B, H = saved.shape[0], saved.shape[1], hs.shape[2]
         lp, bf16 = hs_lp.dtype, int(hs_lp.dtype == torch.bfloat16)
@@ -108,13 +113,14 @@ class _Layer(torch.autograd.Function):
             d_b_ih, d_b_hh = torch.zeros(3 * H), torch.zeros(3 * H)  # (3H,) summed by the kernel, step by step
             back = _repeated(w_hh.t().contiguous(), None, B)
             f32, lps = B * H * 4, B * H * hs_lp.element_size()  # bytes of one (B, H) step
-            p_c, p_d, p_s, p_h = _ptr(carry), _ptr(d_out), _ptr(saved), _ptr(hs)
-            p_gi, p_gh = _ptr(dgi), _ptr(dgh)
+            p_c, p_d, p_s, p_h = carry.data_ptr(), d_out.data_ptr(), saved.data_ptr(), hs.data_ptr()
+            p_gi, p_gh = dgi.data_ptr(), dgh.data_ptr()
+            p_work, p_b_ih, p_b_hh = work.data_ptr(), d_b_ih.data_ptr(), d_b_hh.data_ptr()
             for t in range(T - 1, -1, -1):
                 k.gru_train_bwd(
                     p_c,
                     p_d + t * f32,
-                    None if m is None else _ptr(m),
+                    None if m is None else m.data_ptr(),
                     p_s + 4 * t * f32,
                     p_h + t * f32,
                     p_gi + 3 * t * lps,
@@ -122,9 +128,9 @@ class _Layer(torch.autograd.Function):
                     bf16,
                     B,
                     H,
-                    _ptr(work),
-                    _ptr(d_b_ih),
-                    _ptr(d_b_hh),
+                    p_work,
+                    p_b_ih,
+                    p_b_hh,
                 )
                 m = back(dgh[t])  # (B, H)
             dh0 = carry + m.float()  # (B, H)
@@ -132,15 +138,20 @@ class _Layer(torch.autograd.Function):
             d_w_hh = gh2.t() @ hs_lp[:-1].reshape(T * B, H)  # (3H, H)
             d_w_ih = gi2.t() @ x.reshape(T * B, -1)  # (3H, I)
             dx = (gi2 @ w_ih).view(T, B, -1)  # (T, B, I)
-        return dx, dh0, d_w_ih, d_w_hh, d_b_ih.to(lp), d_b_hh.to(lp)
+        return None, dx, dh0, d_w_ih, d_w_hh, d_b_ih.to(lp), d_b_hh.to(lp)
 
 
 def gru_forward(
-    rnn: nn.GRU, x: torch.Tensor, h0: torch.Tensor | None, weights: dict[str, torch.Tensor] | None = None
+    rnn: nn.GRU,
+    x: torch.Tensor,
+    h0: torch.Tensor | None,
+    weights: dict[str, torch.Tensor] | None = None,
+    kernel: _kernel.Kernel | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """What `rnn(x, h0)` returns for a batch-first nn.GRU in training, (out (B, T, H), h_n (L, B, H)), through
-    the kernel. `weights` replaces some of rnn's parameters by name (weight drop); dropout between layers is
-    rnn.dropout, as nn.GRU applies it."""
+    `kernel` (kernel_for's answer; None: load it). `weights` replaces some of rnn's parameters by name (weight
+    drop); dropout between layers is rnn.dropout, as nn.GRU applies it."""
+    k = kernel or _kernel.load()
     lp = compute_dtype(x.device)
     B, T, _ = x.shape
     if h0 is None:
@@ -152,6 +163,6 @@ def gru_forward(
         if layer and rnn.dropout and rnn.training:
             inp = F.dropout(inp, rnn.dropout)  # (T, B, H)
         w = [params[f"{name}_l{layer}"].to(lp) for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
-        inp, h = _Layer.apply(inp, h0[layer].float().contiguous(), *w)  # (T, B, H), (B, H)
+        inp, h = _Layer.apply(k, inp, h0[layer].float().contiguous(), *w)  # (T, B, H), (B, H)
         last.append(h)
     return inp.transpose(0, 1), torch.stack(last)  # (B, T, H), (L, B, H)

@@ -86,8 +86,9 @@ class CharRNN(nn.Module):
         if state is not None:
             state = state if self.cfg.model == "lstm" else state[0]
         dropped = self._dropped_weights() if self.training and self.cfg.weight_drop > 0 else None
-        if self.training and self.cfg.model == "gru" and grutrain.available(x.device):
-            out, new_state = grutrain.gru_forward(self.rnn, x, state, dropped)  # (B, T, H): nn.GRU's, faster
+        kernel = grutrain.kernel_for(x.device) if self.training and self.cfg.model == "gru" else None
+        if kernel is not None:
+            out, new_state = grutrain.gru_forward(self.rnn, x, state, dropped, kernel)  # (B, T, H): nn.GRU's, faster
         elif dropped:
             out, new_state = functional_call(self.rnn, dropped, (x, state))  # (B, T, H)
         else:
