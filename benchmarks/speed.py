@@ -142,6 +142,63 @@ def gru_training(result: dict, repeats: int, tmp: Path) -> None:
             )
 
 
+def freed_memory(result: dict, repeats: int, tmp: Path) -> None:
+    """A training step with glibc keeping freed memory (devices.keep_freed_memory, which every CPU run now
+    calls) against glibc giving it back (its initial thresholds, 128 KiB, held fixed, and malloc_trim after
+    each switch), alternating in one trainer; the minor page faults of the timed steps say why."""
+    import ctypes
+    import resource
+
+    print("2c. training step: freed memory kept against given back (window 128, batch 16)", flush=True)
+    try:
+        libc = ctypes.CDLL(None)
+        mallopt, trim = libc.mallopt, libc.malloc_trim
+    except (OSError, AttributeError):
+        print("  skipped: not glibc", flush=True)
+        return
+    corpus = tmp / "kept.txt"
+    write_corpus(corpus, 2_000_000)
+    result["freed_memory"] = {}
+    for cell, hidden, precision in (
+        ("gru", 512, "auto"),
+        ("gru", 256, "auto"),
+        ("lstm", 512, "auto"),
+        ("gru", 512, "fp32"),
+    ):
+        flags = {"seq_len": 128, "batch_size": 16, "device": "cpu", "precision": precision, "steps": 10**9}
+        name = f"{cell}2x{hidden}-b16-{precision}"
+        trainer = Trainer.from_flags(corpus, {"model": cell, "hidden": hidden, "layers": 2}, flags, tmp / name)
+        times: dict[bool, list[float]] = {False: [], True: []}
+        faults = {False: 0, True: 0}
+        for i in range(2 * (repeats + 1)):
+            keep = i % 2 == 1
+            mallopt(-3, (32 << 20) if keep else (128 << 10))  # M_MMAP_THRESHOLD
+            mallopt(-1, (1 << 30) if keep else (128 << 10))  # M_TRIM_THRESHOLD
+            trim(0)
+            trainer.train_step(1e-3)  # the first step after a switch settles the heap
+            f0, t0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt, time.perf_counter()
+            trainer.train_step(1e-3)
+            if i >= 2:
+                times[keep].append(time.perf_counter() - t0)
+                faults[keep] += resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0
+        back, kept = (statistics.median(times[k]) * 1e3 for k in (False, True))
+        r = {
+            "given_back_ms": round(back, 1),
+            "kept_ms": round(kept, 1),
+            "speedup": round(back / kept, 2),
+            "given_back_faults": round(faults[False] / repeats),
+            "kept_faults": round(faults[True] / repeats),
+        }
+        result["freed_memory"][name] = r
+        print(
+            f"  {name:18s} given back {back:6.1f} ms ({r['given_back_faults']:>6,} page faults), "
+            f"kept {kept:6.1f} ms ({r['kept_faults']:>6,}): {back / kept:.2f}x",
+            flush=True,
+        )
+    mallopt(-3, 32 << 20)
+    mallopt(-1, 1 << 30)
+
+
 @contextlib.contextmanager
 def kernel_switch(on: bool):
     """CHARRNN_KERNEL set for the duration (FastRNN and Sampler read it when they are built), then restored."""
@@ -422,6 +479,7 @@ def main() -> None:
     ap.add_argument("--only-eval-memory", action="store_true", help="measure only the eval memory line")
     ap.add_argument("--only-sample", action="store_true", help="measure only sampling (section 3)")
     ap.add_argument("--only-gru-train", action="store_true", help="measure only the GRU training step (2b)")
+    ap.add_argument("--only-freed-memory", action="store_true", help="measure only freed memory kept (2c)")
     args = ap.parse_args()
     repeats = 3 if args.quick else 7
     tmp = Path(tempfile.mkdtemp(prefix="charrnn-speed-"))
@@ -451,6 +509,10 @@ def main() -> None:
         gru_training(result, repeats, tmp)
         print("RESULT " + json.dumps(result))
         return
+    if args.only_freed_memory:
+        freed_memory(result, repeats, tmp)
+        print("RESULT " + json.dumps(result))
+        return
     print("1. matmul roofline", flush=True)
     result["roofline_gflops"] = roofline(repeats)
     # The roofline: the best matmul rate torch reaches here in each precision, whatever the shape.
@@ -478,6 +540,7 @@ def main() -> None:
         result["train"][f"{cell}2x{hidden}/speedup"] = round(auto / fp32, 2)
         print(f"  {cell} 2x{hidden} default precision / fp32 = {auto / fp32:.2f}x", flush=True)
     gru_training(result, repeats, tmp)
+    freed_memory(result, repeats, tmp)
 
     sampling(result, repeats, tmp, args.quick)
     print("4. corpus preparation", flush=True)

@@ -29,7 +29,7 @@ from charrnn.config import (
     to_dict,
 )
 from charrnn.data import Streams
-from charrnn.devices import pick_device, pick_dtype
+from charrnn.devices import keep_freed_memory, pick_device, pick_dtype
 from charrnn.distributed import Dist
 from charrnn.errors import CharRNNError
 from charrnn.model import CharRNN
@@ -242,6 +242,8 @@ def prepare(
         )
     device = dist.device or pick_device(cfg.device)
     dtype = pick_dtype(cfg.precision, device)
+    if device.type == "cpu":
+        keep_freed_memory()  # before the probe, which must time the steps the run will make
     sizing_note = saved.get("sizing", "") if saved is not None else ""
     notes: list[str] = list(data.notices)
     plan = sizing.Plan(None, None)
