@@ -199,6 +199,54 @@ def freed_memory(result: dict, repeats: int, tmp: Path) -> None:
     mallopt(-1, 1 << 30)
 
 
+def dropout_speed(result: dict, repeats: int, tmp: Path) -> None:
+    """Dropout forward and backward on a batch-16 window of 512 units: torch's F.dropout against charrnn's
+    (the kernel's counter-based masks, regenerated for the gradient), alternating."""
+    import torch.nn.functional as F
+
+    from charrnn import dropout as dropout_mod
+
+    print("2d. dropout forward and backward, (16, 128, 512), p 0.2", flush=True)
+    result["dropout"] = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        x = torch.randn(16, 128, 512).to(dtype).requires_grad_(True)
+        g = torch.randn(16, 128, 512).to(dtype)
+        times: dict[str, list[float]] = {"F.dropout": [], "charrnn": []}
+        for i in range(2 * (repeats + 1)):
+            name, fn = ("charrnn", dropout_mod.dropout) if i % 2 else ("F.dropout", F.dropout)
+            t0 = time.perf_counter()
+            fn(x, 0.2).backward(g)
+            if i >= 2:
+                times[name].append(time.perf_counter() - t0)
+        torch_ms, ours_ms = (statistics.median(times[k]) * 1e3 for k in ("F.dropout", "charrnn"))
+        key = str(dtype).removeprefix("torch.")
+        result["dropout"][key] = {"f_dropout_ms": round(torch_ms, 2), "charrnn_ms": round(ours_ms, 2)}
+        print(
+            f"  {key:8s} F.dropout {torch_ms:6.2f} ms, charrnn {ours_ms:6.2f} ms: {torch_ms / ours_ms:.1f}x", flush=True
+        )
+    corpus = tmp / "dropout.txt"
+    write_corpus(corpus, 2_000_000)
+    for cell in ("gru", "lstm"):  # a whole training step, dropout 0.2, with each dropout in one trainer
+        flags = {"seq_len": 128, "batch_size": 16, "device": "cpu", "steps": 10**9}
+        model = {"model": cell, "hidden": 512, "layers": 2, "dropout": 0.2}
+        trainer = Trainer.from_flags(corpus, model, flags, tmp / f"dropout-{cell}")
+        steps: dict[bool, list[float]] = {False: [], True: []}
+        for i in range(2 * (repeats + 1)):
+            ours = i % 2 == 1
+            dropout_mod._DTYPES = (torch.float32, torch.bfloat16) if ours else ()  # (): F.dropout
+            t0 = time.perf_counter()
+            trainer.train_step(1e-3)
+            if i >= 2:
+                steps[ours].append(time.perf_counter() - t0)
+        before, after = (statistics.median(steps[k]) * 1e3 for k in (False, True))
+        result["dropout"][f"{cell}2x512-b16-step"] = {"f_dropout_ms": round(before, 1), "charrnn_ms": round(after, 1)}
+        print(
+            f"  {cell} 2x512 batch 16 training step ({str(trainer.run.dtype).removeprefix('torch.')}): "
+            f"F.dropout {before:6.1f} ms, charrnn {after:6.1f} ms: {before / after:.2f}x",
+            flush=True,
+        )
+
+
 @contextlib.contextmanager
 def kernel_switch(on: bool):
     """CHARRNN_KERNEL set for the duration (FastRNN and Sampler read it when they are built), then restored."""
@@ -479,7 +527,9 @@ def main() -> None:
     ap.add_argument("--only-eval-memory", action="store_true", help="measure only the eval memory line")
     ap.add_argument("--only-sample", action="store_true", help="measure only sampling (section 3)")
     ap.add_argument("--only-gru-train", action="store_true", help="measure only the GRU training step (2b)")
-    ap.add_argument("--only-freed-memory", action="store_true", help="measure only freed memory kept (2c)")
+    ap.add_argument(
+        "--only-freed-memory", action="store_true", help="measure only freed memory kept and dropout (2c, 2d)"
+    )
     args = ap.parse_args()
     repeats = 3 if args.quick else 7
     tmp = Path(tempfile.mkdtemp(prefix="charrnn-speed-"))
@@ -511,6 +561,7 @@ def main() -> None:
         return
     if args.only_freed_memory:
         freed_memory(result, repeats, tmp)
+        dropout_speed(result, repeats, tmp)
         print("RESULT " + json.dumps(result))
         return
     print("1. matmul roofline", flush=True)
@@ -541,6 +592,7 @@ def main() -> None:
         print(f"  {cell} 2x{hidden} default precision / fp32 = {auto / fp32:.2f}x", flush=True)
     gru_training(result, repeats, tmp)
     freed_memory(result, repeats, tmp)
+    dropout_speed(result, repeats, tmp)
 
     sampling(result, repeats, tmp, args.quick)
     print("4. corpus preparation", flush=True)

@@ -310,3 +310,59 @@ void gru_train_bwd(float *carry, const float *dout, const void *m, const float *
         for (long j = 0; j < G; j++) d_bh[j] += g[j];
     }
 }
+
+/* ---- Dropout for training (charrnn/dropout.py) ----
+ * y = x * scale where the element's 32 random bits are >= cut, else 0, computed in float32 and rounded to lp as
+ * torch rounds; x and y (n,) lp, y may be x. The bits of elements 2k and 2k+1 are the two halves of splitmix64 of
+ * seed + (k + 1) * 2^64/phi: a counter-based generator, so the same seed regenerates the same mask for the backward
+ * pass (the gradient is dropped by the same call on it), and no mask is ever stored. torch's CPU bernoulli_ draws
+ * one mt19937 number an element, in one thread: 8 ms for a batch-16 window of 512 units on the Zen 4. */
+static inline uint64_t splitmix64(uint64_t z) {
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+static inline uint16_t to_bf16(float f) {
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    const uint32_t rounded = u + 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(((u & 0x7fffffffu) > 0x7f800000u ? (u | 0x00400000u) : rounded) >> 16);
+}
+
+void dropout_apply(const void *x, void *y, long n, uint64_t seed, uint32_t cut, float scale, int bf16) {
+    const long pairs = n / 2;
+    if (!bf16) {
+        const float *xs = (const float *)x;
+        float *ys = (float *)y;
+        for (long k = 0; k < pairs; k++) {
+            const uint64_t z = splitmix64(seed + (uint64_t)(k + 1) * 0x9e3779b97f4a7c15ull);
+            const float a = xs[2 * k] * scale, b = xs[2 * k + 1] * scale; /* loaded always: then it vectorises */
+            ys[2 * k] = (uint32_t)z >= cut ? a : 0.0f;
+            ys[2 * k + 1] = (uint32_t)(z >> 32) >= cut ? b : 0.0f;
+        }
+        if (n & 1) {
+            const uint64_t z = splitmix64(seed + (uint64_t)(pairs + 1) * 0x9e3779b97f4a7c15ull);
+            ys[n - 1] = (uint32_t)z >= cut ? xs[n - 1] * scale : 0.0f;
+        }
+        return;
+    }
+    const uint16_t *xs = (const uint16_t *)x;
+    uint16_t *ys = (uint16_t *)y;
+    for (long k = 0; k < pairs; k++) {
+        const uint64_t z = splitmix64(seed + (uint64_t)(k + 1) * 0x9e3779b97f4a7c15ull);
+        uint32_t a = (uint32_t)xs[2 * k] << 16, b = (uint32_t)xs[2 * k + 1] << 16;
+        float fa, fb;
+        memcpy(&fa, &a, sizeof a);
+        memcpy(&fb, &b, sizeof b);
+        ys[2 * k] = to_bf16((uint32_t)z >= cut ? fa * scale : 0.0f);
+        ys[2 * k + 1] = to_bf16((uint32_t)(z >> 32) >= cut ? fb * scale : 0.0f);
+    }
+    if (n & 1) {
+        const uint64_t z = splitmix64(seed + (uint64_t)(pairs + 1) * 0x9e3779b97f4a7c15ull);
+        uint32_t a = (uint32_t)xs[n - 1] << 16;
+        float fa;
+        memcpy(&fa, &a, sizeof a);
+        ys[n - 1] = to_bf16((uint32_t)z >= cut ? fa * scale : 0.0f);
+    }
+}

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from charrnn import kernel as _kernel
+from charrnn.dropout import dropout
 
 KERNEL_DTYPES = (torch.float32, torch.bfloat16)  # the matmul dtypes the kernel reads and writes
 
@@ -161,7 +162,7 @@ def gru_forward(
     last = []
     for layer in range(rnn.num_layers):
         if layer and rnn.dropout and rnn.training:
-            inp = F.dropout(inp, rnn.dropout)  # (T, B, H)
+            inp = dropout(inp, rnn.dropout)  # (T, B, H)
         w = [params[f"{name}_l{layer}"].to(lp) for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
         inp, h = _Layer.apply(k, inp, h0[layer].float().contiguous(), *w)  # (T, B, H), (B, H)
         last.append(h)

@@ -62,6 +62,7 @@ class Kernel:
     rnn_cell: ctypes._CFuncPtr  # (a, bias|None, rows|None, h, h_stride, B, H)
     gru_train_fwd: ctypes._CFuncPtr  # (gh, gi, hp, h, h_lp, saved, bf16, B, H, work): training, charrnn/grutrain.py
     gru_train_bwd: ctypes._CFuncPtr  # (carry, dout, m|None, saved, hp, dgi, dgh, bf16, B, H, work, d_bi, d_bh)
+    dropout_apply: ctypes._CFuncPtr  # (x, y, n, seed, cut, scale, bf16): training, charrnn/dropout.py
     draw_one: ctypes._CFuncPtr  # (logits, V, inv_temp, u, work) -> index
     step1: ctypes._CFuncPtr  # (address of a StepPlan, id) -> 0, or -1 for an id outside the table
     lanes: int  # 16 or 8: libmvec's AVX-512 or AVX2 tanhf
@@ -243,6 +244,7 @@ def _open(path: Path) -> Kernel | None:
         "rnn_cell": ([p, p, p, p, lng, i, i], None),
         "gru_train_fwd": ([p, p, p, p, p, p, i, i, i, p], None),
         "gru_train_bwd": ([p, p, p, p, p, p, p, i, i, i, p, p, p], None),
+        "dropout_apply": ([p, p, lng, ctypes.c_uint64, ctypes.c_uint32, ctypes.c_float, i], None),
         "draw_one": ([p, lng, dbl, dbl, p], lng),
         "step1": ([p, lng], i),
         "kernel_lanes": ([], i),
@@ -312,7 +314,25 @@ def _self_test(k: Kernel) -> bool:
     picks = [k.draw_one(logits.ctypes.data, 4, 1.0, u, work.ctypes.data) for u in (0.0, 0.5, 0.99)]
     if picks != [int(np.searchsorted(cum, u * cum[-1], side="right")) for u in (0.0, 0.5, 0.99)]:
         return False
-    return _gru_train_test(k)
+    return _gru_train_test(k) and _dropout_test(k)
+
+
+def _dropout_test(k: Kernel) -> bool:
+    """Training's dropout (an odd length, float32 and bfloat16): about a quarter dropped at p 1/4, the rest
+    scaled by 4/3 and rounded as torch rounds, the same mask from the same seed and another from another."""
+    n, cut, scale = 1001, 1 << 30, np.float32(4 / 3)  # cut = p 2^32
+    x = np.linspace(0.5, 1.5, n, dtype=np.float32)  # (n,)
+    y, same, other = (np.empty(n, np.float32) for _ in range(3))
+    for out, seed in ((y, 7), (same, 7), (other, 8)):
+        k.dropout_apply(x.ctypes.data, out.ctypes.data, n, seed, cut, scale, 0)
+    kept = y != 0
+    if not (0.2 < 1 - kept.mean() < 0.3 and np.array_equal(y[kept], x[kept] * scale)):
+        return False
+    if not (np.array_equal(y, same) and not np.array_equal(kept, other != 0)):
+        return False
+    x_lp, y_lp = _to_bf16(x), np.empty(n, np.uint16)
+    k.dropout_apply(x_lp.ctypes.data, y_lp.ctypes.data, n, 7, cut, scale, 1)
+    return np.array_equal(y_lp, np.where(kept, _to_bf16(_from_bf16(x_lp) * scale), 0))
 
 
 def _gru_train_test(k: Kernel) -> bool:

@@ -17,6 +17,7 @@ from torch.func import functional_call
 from charrnn import grutrain
 from charrnn.config import ModelConfig
 from charrnn.devices import full_precision
+from charrnn.dropout import dropout
 
 State = tuple[torch.Tensor, ...]
 
@@ -113,7 +114,7 @@ class CharRNN(nn.Module):
         rather than flickering from character to character."""
         p = self.drop.p
         if not (self.training and self.cfg.locked_dropout and p > 0):
-            return self.drop(x)
+            return dropout(x, p, self.training)  # F.dropout's, faster on a CPU
         mask = x.new_empty(x.shape[0], 1, x.shape[2]).bernoulli_(1 - p) / (1 - p)  # (B, 1, D)
         return x * mask  # (B, T, D)
 
