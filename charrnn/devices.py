@@ -76,11 +76,23 @@ _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's malloc.h
 
 
 def cpu_has_fast_bf16() -> bool:
-    """Native bf16 matmul (AVX-512 BF16 or AMX): without it bf16 on a CPU is emulated and slower."""
+    """Native bf16 matmul (AVX-512 BF16 or AMX) that torch and oneDNN may use: without it bf16 on a CPU is
+    emulated and slower. The CPU's flags are not enough: ONEDNN_MAX_CPU_ISA below AVX512_CORE_BF16, or
+    ATEN_CPU_CAPABILITY below AVX-512, keeps the libraries off those instructions (how a benchmark stands in
+    for an AVX2 CPU), and then this CPU has no fast bf16 as far as a run can tell."""
     import torch
 
+    if os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper() in _ISAS_WITHOUT_BF16:
+        return False
+    if torch.backends.cpu.get_cpu_capability() in ("DEFAULT", "NO AVX", "AVX2"):
+        return False
     checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
     return any(getattr(torch.cpu, c, lambda: False)() for c in checks)
+
+
+# oneDNN's ISA levels below AVX512_CORE_BF16 (its docs, "CPU dispatcher control"); AVX2_VNNI_2 converts to bf16 but
+# has no bf16 dot product.
+_ISAS_WITHOUT_BF16 = {"SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI"}
 
 
 def describe_cpu() -> str:

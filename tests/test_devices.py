@@ -40,6 +40,30 @@ def test_auto_precision_on_cpu_follows_native_bf16(monkeypatch, fast, expected):
     assert devices.pick_dtype("auto", torch.device("cpu")) == expected
 
 
+@pytest.mark.parametrize(
+    "isa,capability,fast",
+    [
+        (None, "AVX512", True),
+        ("AVX2", "AVX512", False),
+        ("avx512_core", "AVX512", False),
+        ("AVX512_CORE_BF16", "AVX512", True),
+        (None, "AVX2", False),
+    ],
+)
+def test_a_cpu_kept_off_its_bf16_instructions_has_no_fast_bf16(monkeypatch, isa, capability, fast):
+    """How a benchmark stands in for an AVX2 CPU on an AVX-512 BF16 one: auto precision and describe_cpu then
+    say what such a CPU would, fp32 and no native bf16."""
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)  # the flags of a chip that has it
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    if isa is None:
+        monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    else:
+        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", isa)
+    assert devices.cpu_has_fast_bf16() is fast
+    assert devices.pick_dtype("auto", torch.device("cpu")) == (torch.bfloat16 if fast else torch.float32)
+    assert ("no native bf16" in devices.describe_cpu()) is not fast
+
+
 def test_explicit_precisions():
     cpu = torch.device("cpu")
     assert devices.pick_dtype("fp32", cpu) == torch.float32
