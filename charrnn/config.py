@@ -203,11 +203,15 @@ def sizing_min_steps(budget_s: float | None, width: float) -> float:
 
 
 # Automatic cell (no --model): the GRU learns more per step and wins short budgets; once its plan reads the
-# training text AUTO_CELL_PASSES times (where the automatic dropout reaches its top) the LSTM is taken. It was
-# 6 passes, where dropout starts to rise, until the Zen 5's 15-minute runs: the GRU 2x512, planning 9.9 passes,
-# ended at 1.4065 and 1.4097 while the LSTM that 6 chose planned 13.5, got dropout 0.25 and ended at 1.4279
-# (benchmarks/README.md). Beyond 12 passes the only measurement is the earlier AVX-512 machine's, where the
-# LSTM won at 15 minutes (1.3996 against a GRU held at dropout 0.1, 1.4112).
+# training text AUTO_CELL_PASSES times (where the automatic dropout reaches its top) the LSTM is taken if its
+# step is the cheaper at the GRU's chosen shape (sizing.lstm_cheaper). It was 6 passes, where dropout starts to
+# rise, until the Zen 5's 15-minute runs: the GRU 2x512, planning 9.9 passes, ended at 1.4065 and 1.4097 while
+# the LSTM that 6 chose planned 13.5, got dropout 0.25 and ended at 1.4279 (benchmarks/README.md). Beyond 12
+# passes the only measurement is the earlier AVX-512 machine's, where the LSTM won at 15 minutes (1.3996 against
+# a GRU held at dropout 0.1, 1.4112) with more steps: torch's fused LSTM step was the cheaper one. Where the GRU
+# trains through its own kernel it can be the cheaper: on the Zen 4 the probe read GRU 2x512 at 14,693 chars/s
+# and LSTM 2x512 at 10,136, and the LSTM that 12 passes alone chose ended 15 minutes at 1.4378 (3,516 steps),
+# where GRU 2x512 had reached 1.4056-1.4131 with fewer steps than it now makes.
 AUTO_CELLS = ("gru", "lstm")
 AUTO_CELL_PASSES = DROPOUT_PASSES[1]
 # The other way the LSTM wins: a machine where the GRU is too slow for the budget. torch runs the LSTM as one

@@ -135,6 +135,17 @@ def lstm_wins(gru: Choice, lstm: Choice) -> bool:
     return effective_steps(lstm.steps, lstm.shape, AUTO_LSTM_STEP_WORTH) > effective_steps(gru.steps, gru.shape)
 
 
+def lstm_cheaper(shape: Shape, gru: Mapping[Shape, float], lstm: Mapping[Shape, float]) -> bool:
+    """Whether an LSTM step is the cheaper one at the GRU's chosen `shape` (or, where the LSTM's probe
+    stopped before it, at the largest shape both cells were measured at); with no measurements (--steps
+    alone), yes: torch's fused LSTM step was the cheaper on every CPU measured before the GRU's kernel."""
+    common = [s for s in gru if s in lstm]
+    if not common:
+        return True
+    at = shape if shape in common else max(common, key=size)
+    return lstm[at] > gru[at]
+
+
 def choose(
     rates: Mapping[Shape, float], seq_len: int, budget_s: float | None, max_steps: int | None, worth: float = 1.0
 ) -> Choice:
@@ -187,7 +198,8 @@ def plan(
     --batch-size missing), and, under a time budget, the speed an automatic dropout needs.
 
     The cells are tried in AUTO_CELLS order: the GRU learns more per step, so it wins short budgets, and
-    the LSTM is taken once the GRU's plan would read the training text AUTO_CELL_PASSES times or more, or
+    the LSTM is taken once the GRU's plan would read the training text AUTO_CELL_PASSES times or more and
+    an LSTM step is the cheaper at the GRU's shape (lstm_cheaper), or
     where no GRU shape makes the steps the budget needs and the LSTM, about twice as fast a step on some
     CPUs, makes more of them even at AUTO_LSTM_STEP_WORTH apiece (only if the GRU left probe time for it:
     no measurement, no switch).
@@ -204,6 +216,8 @@ def plan(
     def left() -> float:
         return probe_seconds(budget) - (clock() - t0)
 
+    measured: dict[str, Mapping[Shape, float]] = {}  # cell -> the probe's rates (none under --steps alone)
+
     def measure(i: int, worth: float) -> Choice:
         """The choice for cells[i], from the probe's measurements of it (no clock under --steps alone)."""
         if budget is None:
@@ -213,7 +227,8 @@ def plan(
         limit = _cell_limit(left(), len(cells) - 1 - i, budget, len(train_ids), cfg.seq_len, cands)
         log.debug("probe %s: %.1f s of the probe left", cells[i], left())
         rates, _ = probe(cands, probe_.rate, cfg.seq_len, budget, cfg.steps, limit=limit, clock=clock, worth=worth)
-        return choose(share(rates), cfg.seq_len, budget, cfg.steps, worth)
+        measured[cells[i]] = share(rates)
+        return choose(measured[cells[i]], cfg.seq_len, budget, cfg.steps, worth)
 
     def passes(c: Choice) -> float:
         return c.steps * c.shape.batch_size * cfg.seq_len / max(1, len(train_ids))
@@ -221,7 +236,9 @@ def plan(
     cell, choice = cells[0], measure(0, 1.0)
     starved = budget is not None and not qualifies(choice.steps, choice.shape, budget)
     if auto_cell and passes(choice) >= AUTO_CELL_PASSES:
-        cell, choice = cells[1], measure(1, 1.0)
+        other = measure(1, 1.0)
+        if lstm_cheaper(choice.shape, measured[cells[0]], measured[cells[1]]):
+            cell, choice = cells[1], other
     elif auto_cell and starved and share(left() > 0):  # rank 0's clock decides, so every rank probes alike
         other = measure(1, AUTO_LSTM_STEP_WORTH)
         if lstm_wins(choice, other):

@@ -329,17 +329,18 @@ def test_the_first_shape_is_timed_once_its_steps_stop_speeding_up_and_later_shap
 
 
 @pytest.mark.parametrize(
-    "minutes,chars,flags,cell",
+    "minutes,chars,flags,lstm_speed,cell",
     [
-        (1.0, 10**6, {}, "gru"),  # a short budget on a big text: few passes
-        (15.0, 10**6, {}, "gru"),  # 8 passes: the GRU's dropout has not reached its top (AUTO_CELL_PASSES)
-        (60.0, 300_000, {}, "lstm"),  # a long budget on a small text: many passes
-        (60.0, 300_000, {"model": "gru"}, "gru"),
-        (1.0, 10**6, {"model": "lstm"}, "lstm"),
+        (1.0, 10**6, {}, 2.0, "gru"),  # a short budget on a big text: few passes
+        (15.0, 10**6, {}, 2.0, "gru"),  # 8 passes: the GRU's dropout has not reached its top (AUTO_CELL_PASSES)
+        (60.0, 300_000, {}, 2.0, "lstm"),  # a long budget on a small text: many passes, the LSTM the cheaper cell
+        (60.0, 300_000, {}, 0.7, "gru"),  # many passes, but the GRU the cheaper cell (its own kernel): it stays
+        (60.0, 300_000, {"model": "gru"}, 2.0, "gru"),
+        (1.0, 10**6, {"model": "lstm"}, 2.0, "lstm"),
     ],
 )
-def test_the_cell_is_gru_for_few_passes_lstm_for_many_and_an_explicit_model_wins(
-    monkeypatch, minutes, chars, flags, cell
+def test_the_cell_is_gru_for_few_passes_the_cheaper_cell_for_many_and_an_explicit_model_wins(
+    monkeypatch, minutes, chars, flags, lstm_speed, cell
 ):
     from charrnn.config import AUTO_CELL_PASSES, TrainConfig
 
@@ -347,7 +348,8 @@ def test_the_cell_is_gru_for_few_passes_lstm_for_many_and_an_explicit_model_wins
 
     def rate(self, shape):
         seen.append(self.model_cfg.model)
-        return 20_000.0 * 2 * 256 * 256 / sizing.size(shape)
+        speed = lstm_speed if self.model_cfg.model == "lstm" else 1.0
+        return speed * 20_000.0 * 2 * 256 * 256 / sizing.size(shape)
 
     monkeypatch.setattr(sizing.Probe, "rate", rate)
     ids = np.zeros(chars, np.uint8)
@@ -355,8 +357,9 @@ def test_the_cell_is_gru_for_few_passes_lstm_for_many_and_an_explicit_model_wins
     plan = sizing.plan({"vocab_size": 65, **flags}, {}, cfg, ids, torch.device("cpu"), torch.float32)
     assert plan.cell == cell and plan.choice is not None
     passes = plan.choice.steps * plan.choice.shape.batch_size * cfg.seq_len / len(ids)
-    assert (passes < AUTO_CELL_PASSES) == (cell == "gru") or "model" in flags
-    assert set(seen) == ({cell} if "model" in flags or cell == "gru" else {"gru", "lstm"})
+    assert (passes < AUTO_CELL_PASSES) == (cell == "gru") or "model" in flags or lstm_speed < 1
+    both = minutes == 60.0 and "model" not in flags  # the GRU read the text often enough to try the LSTM
+    assert set(seen) == ({"gru", "lstm"} if both else {cell})
     assert plan.note.startswith(f"{cell} ") and ("--model" in plan.note) == ("model" not in flags)
 
 
@@ -376,3 +379,14 @@ def test_a_gru_short_of_its_need_that_spent_the_probe_keeps_the_cell_unmeasured_
     ids = np.zeros(10**6, np.uint8)
     plan = sizing.plan({"vocab_size": 65}, {}, cfg, ids, torch.device("cpu"), torch.float32, clock=clock)
     assert seen == ["gru"] and plan.cell == "gru"
+
+
+def test_the_cheaper_cell_is_judged_at_the_grus_shape():
+    """The Zen 4's probe with the GRU's kernel: the LSTM was cheaper at 2x128, the GRU at 2x512 and 2x768."""
+    small, mid, big = Shape(2, 128, 16), Shape(2, 512, 16), Shape(2, 768, 16)
+    gru = {small: 66_585.0, mid: 14_693.0, big: 6_621.0}
+    lstm = {small: 97_216.0, mid: 10_136.0, big: 3_333.0}
+    assert not sizing.lstm_cheaper(mid, gru, lstm)
+    assert sizing.lstm_cheaper(small, gru, lstm)
+    assert not sizing.lstm_cheaper(Shape(3, 512, 16), gru, {small: 97_216.0, mid: 10_136.0})  # largest both had
+    assert sizing.lstm_cheaper(mid, {}, {})  # --steps alone: no clock, the rule as it was
