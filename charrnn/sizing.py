@@ -237,7 +237,7 @@ def plan(
     starved = budget is not None and not qualifies(choice.steps, choice.shape, budget)
     if auto_cell and passes(choice) >= AUTO_CELL_PASSES:
         other = measure(1, 1.0)
-        if lstm_cheaper(choice.shape, measured[cells[0]], measured[cells[1]]):
+        if lstm_cheaper(choice.shape, measured.get(cells[0], {}), measured.get(cells[1], {})):
             cell, choice = cells[1], other
     elif auto_cell and starved and share(left() > 0):  # rank 0's clock decides, so every rank probes alike
         other = measure(1, AUTO_LSTM_STEP_WORTH)

@@ -390,3 +390,12 @@ def test_the_cheaper_cell_is_judged_at_the_grus_shape():
     assert sizing.lstm_cheaper(small, gru, lstm)
     assert not sizing.lstm_cheaper(Shape(3, 512, 16), gru, {small: 97_216.0, mid: 10_136.0})  # largest both had
     assert sizing.lstm_cheaper(mid, {}, {})  # --steps alone: no clock, the rule as it was
+
+
+def test_steps_alone_that_read_the_text_often_take_the_lstm_without_a_probe():
+    from charrnn.config import TrainConfig
+
+    cfg = TrainConfig(steps=20_000, device="cpu", precision="fp32")  # no clock: no rates for lstm_cheaper
+    ids = np.zeros(300_000, np.uint8)
+    plan = sizing.plan({"vocab_size": 65}, {}, cfg, ids, torch.device("cpu"), torch.float32)
+    assert plan.cell == "lstm" and plan.choice.rate is None
