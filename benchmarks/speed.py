@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from charrnn import checkpoint, fastrnn, kernel
+from charrnn import checkpoint, devices, fastrnn, kernel
 from charrnn.config import ModelConfig, SampleConfig, to_dict
 from charrnn.devices import describe_cpu, pick_dtype
 from charrnn.loop import Trainer
@@ -108,6 +108,19 @@ def train_throughput(corpus: Path, cell: str, hidden: int, precision: str, repea
     }
 
 
+def alternating(run, repeats: int) -> tuple[float, float]:
+    """Median seconds of run(False) and run(True), called alternately 2 * (repeats + 1) times in one process
+    (the first call of each is warm-up): what the machine's drift does to one side it does to the other.
+    run(on) makes the switch and returns the seconds of what it timed."""
+    times: dict[bool, list[float]] = {False: [], True: []}
+    for i in range(2 * (repeats + 1)):
+        on = i % 2 == 1
+        t = run(on)
+        if i >= 2:
+            times[on].append(t)
+    return statistics.median(times[False]), statistics.median(times[True])
+
+
 def gru_training(result: dict, repeats: int, tmp: Path) -> None:
     """A GRU training step through torch's nn.GRU and through charrnn.grutrain's kernel, alternating in one
     trainer (the switch is CHARRNN_KERNEL, read at every forward), at the automatic shape's batch sizes."""
@@ -120,15 +133,14 @@ def gru_training(result: dict, repeats: int, tmp: Path) -> None:
             flags = {"seq_len": 128, "batch_size": batch, "device": "cpu", "precision": precision, "steps": 10**9}
             name = f"gru2x{hidden}-b{batch}-{precision}"
             trainer = Trainer.from_flags(corpus, {"model": "gru", "hidden": hidden, "layers": 2}, flags, tmp / name)
-            times: dict[bool, list[float]] = {False: [], True: []}
-            for i in range(2 + 2 * repeats):
-                on = i % 2 == 1
+
+            def step(on: bool, trainer=trainer) -> float:
                 with kernel_switch(on):
                     t0 = time.perf_counter()
                     trainer.train_step(1e-3)
-                    if i >= 2:  # the first step of each path is warm-up
-                        times[on].append(time.perf_counter() - t0)
-            plain, fast = (batch * 128 / statistics.median(times[k]) for k in (False, True))
+                    return time.perf_counter() - t0
+
+            plain, fast = (batch * 128 / t for t in alternating(step, repeats))
             r = {
                 "nn_gru_chars_per_s": round(plain),
                 "kernel_chars_per_s": round(fast),
@@ -168,26 +180,29 @@ def freed_memory(result: dict, repeats: int, tmp: Path) -> None:
         flags = {"seq_len": 128, "batch_size": 16, "device": "cpu", "precision": precision, "steps": 10**9}
         name = f"{cell}2x{hidden}-b16-{precision}"
         trainer = Trainer.from_flags(corpus, {"model": cell, "hidden": hidden, "layers": 2}, flags, tmp / name)
-        times: dict[bool, list[float]] = {False: [], True: []}
-        faults = {False: 0, True: 0}
-        for i in range(2 * (repeats + 1)):
-            keep = i % 2 == 1
-            mallopt(-3, (32 << 20) if keep else (128 << 10))  # M_MMAP_THRESHOLD
-            mallopt(-1, (1 << 30) if keep else (128 << 10))  # M_TRIM_THRESHOLD
+        faults: dict[bool, list[int]] = {False: [], True: []}
+
+        def step(keep: bool, trainer=trainer, faults=faults) -> float:
+            if keep:
+                devices.keep_freed_memory()
+            else:  # glibc's initial thresholds, held fixed
+                mallopt(devices._M_MMAP_THRESHOLD, 128 << 10)
+                mallopt(devices._M_TRIM_THRESHOLD, 128 << 10)
             trim(0)
             trainer.train_step(1e-3)  # the first step after a switch settles the heap
             f0, t0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt, time.perf_counter()
             trainer.train_step(1e-3)
-            if i >= 2:
-                times[keep].append(time.perf_counter() - t0)
-                faults[keep] += resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0
-        back, kept = (statistics.median(times[k]) * 1e3 for k in (False, True))
+            t = time.perf_counter() - t0
+            faults[keep].append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
+            return t
+
+        back, kept = (t * 1e3 for t in alternating(step, repeats))
         r = {
             "given_back_ms": round(back, 1),
             "kept_ms": round(kept, 1),
             "speedup": round(back / kept, 2),
-            "given_back_faults": round(faults[False] / repeats),
-            "kept_faults": round(faults[True] / repeats),
+            "given_back_faults": round(statistics.mean(faults[False][1:])),  # the timed steps, warm-up left out
+            "kept_faults": round(statistics.mean(faults[True][1:])),
         }
         result["freed_memory"][name] = r
         print(
@@ -195,8 +210,7 @@ def freed_memory(result: dict, repeats: int, tmp: Path) -> None:
             f"kept {kept:6.1f} ms ({r['kept_faults']:>6,}): {back / kept:.2f}x",
             flush=True,
         )
-    mallopt(-3, 32 << 20)
-    mallopt(-1, 1 << 30)
+    devices.keep_freed_memory()  # as every CPU run has it
 
 
 def dropout_speed(result: dict, repeats: int, tmp: Path) -> None:
@@ -211,14 +225,13 @@ def dropout_speed(result: dict, repeats: int, tmp: Path) -> None:
     for dtype in (torch.float32, torch.bfloat16):
         x = torch.randn(16, 128, 512).to(dtype).requires_grad_(True)
         g = torch.randn(16, 128, 512).to(dtype)
-        times: dict[str, list[float]] = {"F.dropout": [], "charrnn": []}
-        for i in range(2 * (repeats + 1)):
-            name, fn = ("charrnn", dropout_mod.dropout) if i % 2 else ("F.dropout", F.dropout)
+
+        def both_ways(ours: bool, x=x, g=g) -> float:
             t0 = time.perf_counter()
-            fn(x, 0.2).backward(g)
-            if i >= 2:
-                times[name].append(time.perf_counter() - t0)
-        torch_ms, ours_ms = (statistics.median(times[k]) * 1e3 for k in ("F.dropout", "charrnn"))
+            (dropout_mod.dropout if ours else F.dropout)(x, 0.2).backward(g)
+            return time.perf_counter() - t0
+
+        torch_ms, ours_ms = (t * 1e3 for t in alternating(both_ways, repeats))
         key = str(dtype).removeprefix("torch.")
         result["dropout"][key] = {"f_dropout_ms": round(torch_ms, 2), "charrnn_ms": round(ours_ms, 2)}
         print(
@@ -230,15 +243,15 @@ def dropout_speed(result: dict, repeats: int, tmp: Path) -> None:
         flags = {"seq_len": 128, "batch_size": 16, "device": "cpu", "steps": 10**9}
         model = {"model": cell, "hidden": 512, "layers": 2, "dropout": 0.2}
         trainer = Trainer.from_flags(corpus, model, flags, tmp / f"dropout-{cell}")
-        steps: dict[bool, list[float]] = {False: [], True: []}
-        for i in range(2 * (repeats + 1)):
-            ours = i % 2 == 1
+
+        def step(ours: bool, trainer=trainer) -> float:
             dropout_mod._DTYPES = (torch.float32, torch.bfloat16) if ours else ()  # (): F.dropout
             t0 = time.perf_counter()
             trainer.train_step(1e-3)
-            if i >= 2:
-                steps[ours].append(time.perf_counter() - t0)
-        before, after = (statistics.median(steps[k]) * 1e3 for k in (False, True))
+            return time.perf_counter() - t0
+
+        before, after = (t * 1e3 for t in alternating(step, repeats))
+        dropout_mod._DTYPES = (torch.float32, torch.bfloat16)
         result["dropout"][f"{cell}2x512-b16-step"] = {"f_dropout_ms": round(before, 1), "charrnn_ms": round(after, 1)}
         print(
             f"  {cell} 2x512 batch 16 training step ({str(trainer.run.dtype).removeprefix('torch.')}): "

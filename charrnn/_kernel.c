@@ -227,6 +227,20 @@ int step1(const step_plan *s, long id) {
  * torch's GRU: r = sigmoid(gi_r + gh_r), z = sigmoid(gi_z + gh_z), n = tanh(gi_n + r * gh_n), h = n + z * (hp - n),
  * with gi = W_ih x + b_ih and gh = W_hh hp + b_hh; sigmoid(a) = tanh(a / 2) / 2 + 1/2. */
 
+static inline uint16_t to_bf16(float f) {
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    const uint32_t rounded = u + 0x7fffu + ((u >> 16) & 1u); /* round to nearest even, as torch does */
+    return (uint16_t)(((u & 0x7fffffffu) > 0x7f800000u ? (u | 0x00400000u) : rounded) >> 16); /* NaN stays NaN */
+}
+
+static inline float from_bf16(uint16_t b) {
+    const uint32_t u = (uint32_t)b << 16;
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
 /* Rows of float32 into lp: two plain loops the compiler vectorises, where a per-element branch would not. */
 static void store_lp(void *dst, int bf16, long at, const float *src, long n) {
     if (!bf16) {
@@ -234,12 +248,7 @@ static void store_lp(void *dst, int bf16, long at, const float *src, long n) {
         return;
     }
     uint16_t *d = (uint16_t *)dst + at;
-    for (long j = 0; j < n; j++) {
-        uint32_t u;
-        memcpy(&u, src + j, sizeof u);
-        const uint32_t rounded = u + 0x7fffu + ((u >> 16) & 1u); /* round to nearest even, as torch does */
-        d[j] = (uint16_t)(((u & 0x7fffffffu) > 0x7f800000u ? (u | 0x00400000u) : rounded) >> 16); /* NaN stays NaN */
-    }
+    for (long j = 0; j < n; j++) d[j] = to_bf16(src[j]);
 }
 
 static void load_lp(float *dst, const void *src, int bf16, long at, long n) {
@@ -248,10 +257,7 @@ static void load_lp(float *dst, const void *src, int bf16, long at, long n) {
         return;
     }
     const uint16_t *s = (const uint16_t *)src + at;
-    for (long j = 0; j < n; j++) {
-        const uint32_t u = (uint32_t)s[j] << 16;
-        memcpy(dst + j, &u, sizeof u);
-    }
+    for (long j = 0; j < n; j++) dst[j] = from_bf16(s[j]);
 }
 
 /* Forward. gh (B, 3H) lp, the hidden matmul with b_hh; gi (B, 3H) float32, the input share with b_ih; hp (B, H) the
@@ -323,11 +329,9 @@ static inline uint64_t splitmix64(uint64_t z) {
     return z ^ (z >> 31);
 }
 
-static inline uint16_t to_bf16(float f) {
-    uint32_t u;
-    memcpy(&u, &f, sizeof u);
-    const uint32_t rounded = u + 0x7fffu + ((u >> 16) & 1u);
-    return (uint16_t)(((u & 0x7fffffffu) > 0x7f800000u ? (u | 0x00400000u) : rounded) >> 16);
+/* The 64 random bits of elements 2k and 2k+1. */
+static inline uint64_t pair_bits(uint64_t seed, long k) {
+    return splitmix64(seed + (uint64_t)(k + 1) * 0x9e3779b97f4a7c15ull);
 }
 
 void dropout_apply(const void *x, void *y, long n, uint64_t seed, uint32_t cut, float scale, int bf16) {
@@ -336,33 +340,21 @@ void dropout_apply(const void *x, void *y, long n, uint64_t seed, uint32_t cut, 
         const float *xs = (const float *)x;
         float *ys = (float *)y;
         for (long k = 0; k < pairs; k++) {
-            const uint64_t z = splitmix64(seed + (uint64_t)(k + 1) * 0x9e3779b97f4a7c15ull);
+            const uint64_t z = pair_bits(seed, k);
             const float a = xs[2 * k] * scale, b = xs[2 * k + 1] * scale; /* loaded always: then it vectorises */
             ys[2 * k] = (uint32_t)z >= cut ? a : 0.0f;
             ys[2 * k + 1] = (uint32_t)(z >> 32) >= cut ? b : 0.0f;
         }
-        if (n & 1) {
-            const uint64_t z = splitmix64(seed + (uint64_t)(pairs + 1) * 0x9e3779b97f4a7c15ull);
-            ys[n - 1] = (uint32_t)z >= cut ? xs[n - 1] * scale : 0.0f;
-        }
+        if (n & 1) ys[n - 1] = (uint32_t)pair_bits(seed, pairs) >= cut ? xs[n - 1] * scale : 0.0f;
         return;
     }
     const uint16_t *xs = (const uint16_t *)x;
     uint16_t *ys = (uint16_t *)y;
     for (long k = 0; k < pairs; k++) {
-        const uint64_t z = splitmix64(seed + (uint64_t)(k + 1) * 0x9e3779b97f4a7c15ull);
-        uint32_t a = (uint32_t)xs[2 * k] << 16, b = (uint32_t)xs[2 * k + 1] << 16;
-        float fa, fb;
-        memcpy(&fa, &a, sizeof a);
-        memcpy(&fb, &b, sizeof b);
-        ys[2 * k] = to_bf16((uint32_t)z >= cut ? fa * scale : 0.0f);
-        ys[2 * k + 1] = to_bf16((uint32_t)(z >> 32) >= cut ? fb * scale : 0.0f);
+        const uint64_t z = pair_bits(seed, k);
+        const float a = from_bf16(xs[2 * k]) * scale, b = from_bf16(xs[2 * k + 1]) * scale;
+        ys[2 * k] = to_bf16((uint32_t)z >= cut ? a : 0.0f);
+        ys[2 * k + 1] = to_bf16((uint32_t)(z >> 32) >= cut ? b : 0.0f);
     }
-    if (n & 1) {
-        const uint64_t z = splitmix64(seed + (uint64_t)(pairs + 1) * 0x9e3779b97f4a7c15ull);
-        uint32_t a = (uint32_t)xs[n - 1] << 16;
-        float fa;
-        memcpy(&fa, &a, sizeof a);
-        ys[n - 1] = to_bf16((uint32_t)z >= cut ? fa * scale : 0.0f);
-    }
+    if (n & 1) ys[n - 1] = to_bf16((uint32_t)pair_bits(seed, pairs) >= cut ? from_bf16(xs[n - 1]) * scale : 0.0f);
 }

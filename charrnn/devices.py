@@ -56,8 +56,8 @@ def keep_freed_memory() -> None:
 
     Each step allocates and frees the same tens of MB of activations and gradients. By default glibc serves
     such blocks with mmap or gives them back when they are freed, so every step gets fresh pages and the
-    kernel zeroes each on first touch: about 12,000 page faults a GRU 2x512 batch-16 step, and 1.17-1.25x
-    on the step's time on a 2-core Zen 4 (benchmarks/README.md). Blocks up to glibc's largest mmap
+    kernel zeroes each on first touch: 6,000-36,000 page faults a batch-16 step, and 1.04-1.44x on the
+    step's time on a 2-core Zen 4 (benchmarks/README.md). Blocks up to glibc's largest mmap
     threshold (32 MiB) now come from the heap, and up to 1 GiB freed at its top stays there: the process
     holds on to its peak training memory, which it needs again a step later. A no-op without glibc."""
     if not sys.platform.startswith("linux"):

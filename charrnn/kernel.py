@@ -99,8 +99,15 @@ def load() -> Kernel | None:
     """The kernel, or None (no compiler, a failed build or load, CHARRNN_KERNEL=0): never an exception."""
     if os.environ.get("CHARRNN_KERNEL", "1").strip() == "0" or unsupported() is not None:
         return None
+    return _load_cached(*_found_compiler(os.environ.get("CC"), os.environ.get("PATH")))
+
+
+@functools.cache
+def _found_compiler(cc_env: str | None, path_env: str | None) -> tuple[tuple[str, ...] | None, str]:
+    """compiler() and its _stamp, looked up once for each $CC and $PATH: training asks load() several times a
+    step (the GRU's layers, each dropout), and the lookup (a PATH search and a stat, ~50 us) is the same each time."""
     cc = compiler()
-    return _load_cached(None if cc is None else tuple(cc), _stamp(cc))
+    return (None if cc is None else tuple(cc)), _stamp(cc)
 
 
 @functools.cache
