@@ -26,6 +26,7 @@ from charrnn.config import (
     DEFAULT_MINUTES,
     DROPOUT_PASSES,
     DROPOUT_RANGE,
+    GRU_DROPOUT_TOP,
     LR_REF_HIDDEN,
     ModelConfig,
     SampleConfig,
@@ -130,7 +131,7 @@ def train(
         typer.Option(
             help="Dropout on embeddings, between layers and before the output. "
             f"(default: {DROPOUT_RANGE[0]:g}, rising to {DROPOUT_RANGE[1]:g} when the budget reads the training "
-            f"text {DROPOUT_PASSES[0]:g}-{DROPOUT_PASSES[1]:g}+ times)"
+            f"text {DROPOUT_PASSES[0]:g}-{DROPOUT_PASSES[1]:g}+ times; {GRU_DROPOUT_TOP:g} for a GRU)"
         ),
     ] = None,
     locked_dropout: Annotated[

@@ -284,7 +284,7 @@ def prepare(
         planned = cfg.steps if choice is None else choice.steps
         source = "--steps" if choice is None or choice.rate is None else "the budget"
         passes = planned / streams.windows
-        model_cfg = replace(model_cfg, dropout=auto_dropout(passes))
+        model_cfg = replace(model_cfg, dropout=auto_dropout(passes, model_cfg.model))
         model.set_dropout(model_cfg.dropout)
         notes.append(
             f"dropout {model_cfg.dropout:g}: {source} allows about {passes:.1f} passes over the "

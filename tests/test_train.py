@@ -157,6 +157,18 @@ def test_auto_dropout_follows_the_passes_over_the_training_text():
     assert auto_dropout(sum(DROPOUT_PASSES) / 2) == pytest.approx((lo + hi) / 2, abs=1e-3)
 
 
+def test_the_gru_gets_less_dropout_at_many_passes_and_the_same_at_few():
+    from charrnn.config import DROPOUT_PASSES, DROPOUT_RANGE, GRU_DROPOUT_TOP, auto_dropout
+
+    lo = DROPOUT_RANGE[0]
+    assert auto_dropout(0.0, "gru") == auto_dropout(DROPOUT_PASSES[0], "gru") == lo
+    assert auto_dropout(DROPOUT_PASSES[1], "gru") == auto_dropout(1000.0, "gru") == GRU_DROPOUT_TOP
+    rates = [auto_dropout(p, "gru") for p in range(40)]
+    assert rates == sorted(rates)  # never less for more passes
+    assert all(auto_dropout(p, "gru") <= auto_dropout(p, "lstm") == auto_dropout(p, "rnn") for p in range(40))
+    assert auto_dropout(11.3, "gru") < auto_dropout(11.3, "lstm")
+
+
 def _rates(trainer):
     return trainer.model.drop.p, trainer.model.rnn.dropout
 
@@ -170,7 +182,7 @@ def test_a_step_budget_sets_dropout_from_its_passes_before_the_first_step(corpus
     windows = few.streams.windows
     steps = 9 * windows  # nine passes: halfway up the ramp
     mid = train_mod.Trainer.from_flags(corpus, auto, {**TRAIN, "steps": steps}, tmp_path / "mid", False, None)
-    assert DROPOUT_RANGE[0] < mid.run.model_cfg.dropout == auto_dropout(9.0) < DROPOUT_RANGE[1]
+    assert DROPOUT_RANGE[0] < mid.run.model_cfg.dropout == auto_dropout(9.0, mid.run.model_cfg.model) < DROPOUT_RANGE[1]
     assert _rates(mid) == (mid.run.model_cfg.dropout,) * 2
     mine = train_mod.Trainer.from_flags(corpus, MODEL, {**TRAIN, "steps": steps}, tmp_path / "mine", False, None)
     assert mine.run.model_cfg.dropout == MODEL["dropout"] and _rates(mine) == (MODEL["dropout"],) * 2
@@ -226,7 +238,8 @@ def test_a_time_budget_takes_shape_and_dropout_from_the_probe_and_a_slow_start_c
         assert _shape(trainer) == before
         passes = trainer.run.sizing and float(infos[1].split("about ")[1].split(" passes")[0])
         assert (
-            trainer.run.model_cfg.dropout == auto_dropout(passes) and DROPOUT_RANGE[0] <= trainer.run.model_cfg.dropout
+            trainer.run.model_cfg.dropout == auto_dropout(passes, trainer.run.model_cfg.model)
+            and DROPOUT_RANGE[0] <= trainer.run.model_cfg.dropout
         )
         assert infos[0] == trainer.run.sizing and "chars/s" in trainer.run.sizing
         saved = checkpoint.load(tmp_path / f"run{slow}" / "last.pt")
