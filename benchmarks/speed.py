@@ -239,19 +239,20 @@ def dropout_speed(result: dict, repeats: int, tmp: Path) -> None:
         )
     corpus = tmp / "dropout.txt"
     write_corpus(corpus, 2_000_000)
+    kernel_dtypes = dropout_mod._DTYPES  # what the kernel takes; put back after each timing
     for cell in ("gru", "lstm"):  # a whole training step, dropout 0.2, with each dropout in one trainer
         flags = {"seq_len": 128, "batch_size": 16, "device": "cpu", "steps": 10**9}
         model = {"model": cell, "hidden": 512, "layers": 2, "dropout": 0.2}
         trainer = Trainer.from_flags(corpus, model, flags, tmp / f"dropout-{cell}")
 
         def step(ours: bool, trainer=trainer) -> float:
-            dropout_mod._DTYPES = (torch.float32, torch.bfloat16) if ours else ()  # (): F.dropout
+            dropout_mod._DTYPES = kernel_dtypes if ours else ()  # (): F.dropout
             t0 = time.perf_counter()
             trainer.train_step(1e-3)
             return time.perf_counter() - t0
 
         before, after = (t * 1e3 for t in alternating(step, repeats))
-        dropout_mod._DTYPES = (torch.float32, torch.bfloat16)
+        dropout_mod._DTYPES = kernel_dtypes
         result["dropout"][f"{cell}2x512-b16-step"] = {"f_dropout_ms": round(before, 1), "charrnn_ms": round(after, 1)}
         print(
             f"  {cell} 2x512 batch 16 training step ({str(trainer.run.dtype).removeprefix('torch.')}): "

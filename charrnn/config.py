@@ -284,8 +284,8 @@ def auto_dropout(passes: float, cell: str = "lstm") -> float:
     slowed learning, yet at 15 minutes (about 16 passes) 0.1 stalled while 0.25 kept improving. So the
     amount follows the passes, whether they come from a small corpus or a long budget. The GRU wants
     less of it at many passes (GRU_DROPOUT_TOP)."""
-    (lo, hi), (p_lo, p_hi) = DROPOUT_PASSES, DROPOUT_RANGE
-    p_hi = GRU_DROPOUT_TOP if cell == "gru" else p_hi
+    (lo, hi), p_lo = DROPOUT_PASSES, DROPOUT_RANGE[0]
+    p_hi = GRU_DROPOUT_TOP if cell == "gru" else DROPOUT_RANGE[1]
     t = min(1.0, max(0.0, (passes - lo) / (hi - lo)))
     return round(p_lo + t * (p_hi - p_lo), 3)
 
