@@ -19,6 +19,7 @@ import torch
 
 from charrnn import checkpoint, dataset, finetune, sizing
 from charrnn.config import (
+    FINETUNE_WEIGHT_DECAY,
     ModelConfig,
     TrainConfig,
     auto_cutoffs,
@@ -226,6 +227,8 @@ def prepare(
         vocab = finetune.merged_vocab(base_vocab, data.vocab.chars)
         model_flags = _from_base(base.cfg, model_flags)
         cfg = replace(cfg, warmup_steps=min(cfg.warmup_steps, FINETUNE_WARMUP))
+        if "weight_decay" not in train_flags:  # decay pulls the start model's weights towards zero
+            cfg = replace(cfg, weight_decay=FINETUNE_WEIGHT_DECAY)
     else:
         vocab = data.vocab
     id_map = finetune.id_map(data.vocab, vocab)

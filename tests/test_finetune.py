@@ -14,7 +14,7 @@ from conftest import make_text
 
 from charrnn import checkpoint, finetune
 from charrnn import loop as train_mod
-from charrnn.config import ModelConfig
+from charrnn.config import FINETUNE_WEIGHT_DECAY, ModelConfig, TrainConfig
 from charrnn.errors import CharRNNError
 from charrnn.model import CharRNN
 from charrnn.vocab import Vocab
@@ -74,6 +74,13 @@ def test_init_trains_a_new_run_from_a_model_with_its_vocabulary_grown(corpora, t
     assert code == 0 and "started from" in out and "a.txt" in out
     resumed = train_mod.train(None, {}, {"steps": 50}, out=tmp_path / "tuned", resume=True)
     assert resumed.step == 50
+    decays = [c["train_config"]["weight_decay"] for c in (base, tuned, checkpoint.load(tmp_path / "tuned" / "last.pt"))]
+    assert decays == [TrainConfig.weight_decay, FINETUNE_WEIGHT_DECAY, FINETUNE_WEIGHT_DECAY]
+    assert FINETUNE_WEIGHT_DECAY < TrainConfig.weight_decay  # decay pulls the start model towards zero
+    mine = train_mod.train(
+        b, {}, {**TRAIN, "steps": 2, "weight_decay": 0.2}, out=tmp_path / "mine", init=tmp_path / "base"
+    )
+    assert mine.step == 2 and checkpoint.load(tmp_path / "mine" / "last.pt")["train_config"]["weight_decay"] == 0.2
 
 
 def test_init_refuses_a_shape_flag_that_contradicts_the_model_and_resume(corpora, tmp_path):
