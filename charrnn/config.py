@@ -140,7 +140,9 @@ DEFAULT_MINUTES = 5.0  # With neither --steps nor --minutes, a run is a coffee b
 # TrainConfig.weight_decay. 0.1 (nanoGPT's) beat 0.01 by 0.018 nats/char for an LSTM 2x512 at 15 minutes on
 # tiny-shakespeare (about 15 passes) and made no difference at 5. For the GRU 2x512 at 15 minutes (10-11
 # passes) 0.3 ended at 1.3917 and 0.5 at 1.3944 where 0.1 had ended at 1.4021-1.4107 in four runs, and the
-# automatic run at 0.3 reached 1.3855; at 5 minutes (3-4 passes) 0.3 matched 0.1 (benchmarks/README.md). A
+# automatic run at 0.3 reached 1.3855; at 5 minutes (3.8 passes) 0.3 ended at 1.4378 against 1.4453, and at 1
+# minute at 1.5630 against 1.5803; as an AVX2 CPU at 5 minutes 1.4745 against 1.4616-1.4683 at 0.1 in earlier
+# sessions, within the spread of single runs (benchmarks/README.md). A
 # fine-tuning run (--init) keeps FINETUNE_WEIGHT_DECAY: decay pulls every weight towards zero, away from what
 # the start model knows, and the fine-tuning measurements were made at 0.1.
 FINETUNE_WEIGHT_DECAY = 0.1
