@@ -26,6 +26,7 @@ from charrnn.config import (
     DEFAULT_MINUTES,
     DROPOUT_PASSES,
     DROPOUT_RANGE,
+    FINETUNE_WEIGHT_DECAY,
     GRU_DROPOUT_TOP,
     LR_REF_HIDDEN,
     ModelConfig,
@@ -169,7 +170,11 @@ def train(
         ),
     ] = None,
     weight_decay: Annotated[
-        Optional[float], typer.Option(help=f"AdamW weight decay on matrices. (default: {TrainConfig.weight_decay})")
+        Optional[float],
+        typer.Option(
+            help=f"AdamW weight decay on matrices. (default: {TrainConfig.weight_decay:g}; "
+            f"{FINETUNE_WEIGHT_DECAY:g} with --init)"
+        ),
     ] = None,
     clip: Annotated[
         Optional[float], typer.Option(help=f"Global gradient-norm clip. (default: {TrainConfig.clip})")

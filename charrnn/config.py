@@ -77,7 +77,7 @@ class TrainConfig:
     lr: float = 3e-3  # Peak AdamW rate at LR_REF_HIDDEN units; unless --lr is given it scales as auto_lr.
     min_lr_frac: float = 0.05  # Cosine decay ends at this fraction of --lr when the budget runs out.
     warmup_steps: int = 50  # Linear warmup: Adam's early steps are noisy at a high rate.
-    weight_decay: float = 0.3  # Decoupled (AdamW), on matrices only: why 0.3, at FINETUNE_WEIGHT_DECAY below.
+    weight_decay: float = 0.3  # Decoupled (AdamW), on matrices only; 0.1 for --init (FINETUNE_WEIGHT_DECAY: why).
     clip: float = 1.0  # Global gradient-norm clip: RNN gradients occasionally explode.
     steps: int | None = None  # Optimizer steps; None means only --minutes bounds the run.
     minutes: float | None = None  # Wall-clock budget; None with no --steps means DEFAULT_MINUTES.
@@ -142,9 +142,9 @@ DEFAULT_MINUTES = 5.0  # With neither --steps nor --minutes, a run is a coffee b
 # passes) 0.3 ended at 1.3917 and 0.5 at 1.3944 where 0.1 had ended at 1.4021-1.4107 in four runs, and the
 # automatic run at 0.3 reached 1.3855; at 5 minutes (3.8 passes) 0.3 ended at 1.4378 against 1.4453, and at 1
 # minute at 1.5630 against 1.5803; as an AVX2 CPU at 5 minutes 1.4745 against 1.4616-1.4683 at 0.1 in earlier
-# sessions, within the spread of single runs (benchmarks/README.md). A
-# fine-tuning run (--init) keeps FINETUNE_WEIGHT_DECAY: decay pulls every weight towards zero, away from what
-# the start model knows, and the fine-tuning measurements were made at 0.1.
+# sessions, within the spread of single runs (benchmarks/README.md). A fine-tuning run (--init) keeps
+# FINETUNE_WEIGHT_DECAY unless --weight-decay is given: decay pulls every weight towards zero, away from what the
+# start model knows, and the fine-tuning measurements were made at 0.1.
 FINETUNE_WEIGHT_DECAY = 0.1
 
 # Automatic dropout: DROPOUT_RANGE[0] up to DROPOUT_PASSES[0] planned passes over the training text, rising
