@@ -78,3 +78,14 @@ def test_train_takes_the_command_lines_options_as_keywords(tiny_corpus, tmp_path
     assert model.info["shape"] == "gru 1x24"
     with pytest.raises(CharRNNError, match="unknown training option 'hiden'"):
         charrnn.train(tiny_corpus, hiden=24)
+
+
+def test_no_corpus_outside_the_clone_means_the_shipped_shakespeare(tmp_path, monkeypatch):
+    """`charrnn train` with no corpus, run away from the clone's ./corpora: under an editable install (the
+    README's test setup) the package has no copy inside it, and the one beside it in the source tree is used."""
+    from charrnn.recipe import corpus_specs
+
+    monkeypatch.chdir(tmp_path)
+    (spec,) = corpus_specs(None)
+    assert spec.is_file() and spec.name == "shakespeare.txt"
+    assert corpus_specs([]) == [spec]
