@@ -51,8 +51,15 @@ def training_file(recorded: str, size: int | None) -> Path | None:
     where = Path(recorded)
     if where.is_file():
         return where
-    here = Path(__file__).parent
-    for shipped in (here / "corpora" / where.name, here.parent / "corpora" / where.name):
+    for shipped in shipped_corpora(where.name):
         if shipped.is_file() and shipped.stat().st_size == size:
             return shipped
     return None
+
+
+def shipped_corpora(name: str) -> tuple[Path, Path]:
+    """Where a corpus that ships with charrnn may be: inside the package in a wheel (pyproject's
+    force-include), or beside it in the source tree under an editable install (`pip install -e .`, the
+    README's test setup), which runs the package from there and has no copy inside it."""
+    here = Path(__file__).parent
+    return here / "corpora" / name, here.parent / "corpora" / name

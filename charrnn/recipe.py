@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from charrnn import checkpoint, dataset, finetune, sizing
+from charrnn import checkpoint, dataset, finetune, locate, sizing
 from charrnn.config import (
     FINETUNE_WEIGHT_DECAY,
     ModelConfig,
@@ -39,13 +39,6 @@ from charrnn.state import TrainingState
 from charrnn.vocab import Vocab
 
 DEFAULT_CORPUS = Path("corpora") / "shakespeare.txt"
-# Where the shipped corpus is when ./corpora has none: inside the package in a wheel (pyproject's force-include),
-# beside it in the source tree under an editable install (`pip install -e .`, the README's test setup), which
-# runs the package from there and gets no copy inside it.
-PACKAGED_CORPORA = (
-    Path(__file__).parent / "corpora" / "shakespeare.txt",
-    Path(__file__).parent.parent / "corpora" / "shakespeare.txt",
-)
 # What a resumed run may not change: the model, and what fixes the data layout and the carried state.
 FIXED_ON_RESUME = {"seq_len", "batch_size", "val_frac", "separator"}
 FINETUNE_WARMUP = 10  # steps: the weights are trained already, a long warmup only wastes a short budget
@@ -55,9 +48,11 @@ Corpus = str | os.PathLike | Sequence[str | os.PathLike] | None
 
 
 def corpus_specs(corpus: Corpus) -> list[Path]:
-    """PATHs as given; none means ./corpora/shakespeare.txt, or the shipped copy (PACKAGED_CORPORA) elsewhere."""
+    """PATHs as given; none means ./corpora/shakespeare.txt, or the copy shipped with charrnn elsewhere
+    (locate.shipped_corpora; the wheel's place, named in the error, when neither has it)."""
     if corpus is None or (not isinstance(corpus, (str, os.PathLike)) and len(corpus) == 0):
-        shipped = next((p for p in PACKAGED_CORPORA if p.exists()), PACKAGED_CORPORA[0])
+        places = locate.shipped_corpora(DEFAULT_CORPUS.name)
+        shipped = next((p for p in places if p.exists()), places[0])
         return [DEFAULT_CORPUS if DEFAULT_CORPUS.exists() else shipped]
     if isinstance(corpus, (str, os.PathLike)):
         return [Path(corpus)]
