@@ -29,8 +29,9 @@ from charrnn import config, sizing
 from charrnn.sizing import Shape
 
 SEQ_LEN = 128
-# grid name (machine_minutes) -> (cell, hidden, batch, steps, best val nats/char)
-GRIDS: dict[str, list[tuple[str, int, int, float, float]]] = {
+Row = tuple[str, int, int, float, float]  # (cell, hidden, batch, steps, best val nats/char)
+# grid name (machine_minutes) -> its rows
+GRIDS: dict[str, list[Row]] = {
     "avx2_1": [
         ("lstm", 128, 16, 772, 1.7564),
         ("lstm", 192, 16, 801, 1.7365),
@@ -162,9 +163,6 @@ GRIDS: dict[str, list[tuple[str, int, int, float, float]]] = {
 }
 
 
-Row = tuple[str, int, int, float, float]
-
-
 def pick(rows: list[Row], budget_s: float, scale: float = 1.0) -> Row:
     """The row the rule takes when every run's speed is known exactly: the GRU's choice, or the LSTM's where
     the GRU falls short of its need and the LSTM makes more effective steps at AUTO_LSTM_STEP_WORTH (plan();
@@ -187,9 +185,10 @@ def pick(rows: list[Row], budget_s: float, scale: float = 1.0) -> Row:
 
 
 def loss_terms(rows: list[Row]) -> tuple[np.ndarray, np.ndarray]:
-    """Each GRU row's width (w / 256) and effective steps (/ 1,000, sizing.effective_steps)."""
-    w = np.array([r[1] / 256 for r in rows])
-    s = np.array([sizing.effective_steps(r[3], Shape(2, r[1], r[2])) / 1000 for r in rows])
+    """Each GRU row's width (sizing.width, / 256) and effective steps (sizing.effective_steps, / 1,000)."""
+    shapes = [Shape(2, r[1], r[2]) for r in rows]
+    w = np.array([sizing.width(s) / 256 for s in shapes])
+    s = np.array([sizing.effective_steps(r[3], shape) / 1000 for r, shape in zip(rows, shapes, strict=True)])
     return w, s
 
 
