@@ -125,6 +125,12 @@ def pick_dtype(precision: str, device: torch.device) -> torch.dtype:
     if precision == "fp32":
         return torch.float32
     if precision == "bf16":
+        if device.type == "cpu" and not cpu_has_fast_bf16():
+            # Emulated bf16 is slower than fp32, and oneDNN builds no bf16 LSTM below AVX-512 (a traceback on AVX2).
+            raise CharRNNError(
+                f"--precision bf16 needs a CPU with native bf16 (AVX-512 BF16 or AMX), and this one has none "
+                f"({torch.backends.cpu.get_cpu_capability()}): use --precision fp32, which auto picks here"
+            )
         return torch.bfloat16
     if precision == "fp16":
         if device.type == "cpu":

@@ -368,6 +368,16 @@ def test_device_cuda_without_cuda(run_cli, guard, tiny_run, command):
     guard.check(run_cli(*args), "cuda")
 
 
+@pytest.mark.parametrize("mode", ["new", "resume"])
+def test_bf16_on_a_cpu_without_native_bf16(run_cli, guard, tiny_run, monkeypatch, mode):
+    """An AVX2 CPU: oneDNN's LSTM raised a RuntimeError with a traceback on the first bf16 step."""
+    from charrnn import devices
+
+    monkeypatch.setattr(devices, "cpu_has_fast_bf16", lambda: False)
+    first = ["train", tiny_run.corpus, *TINY] if mode == "new" else ["train", *resume_args(tiny_run), "--steps", "80"]
+    guard.check(run_cli(*first, "--precision", "bf16"), "--precision bf16", "--precision fp32")
+
+
 # ---- run folders ---------------------------------------------------------------------------------------
 
 

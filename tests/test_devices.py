@@ -64,13 +64,23 @@ def test_a_cpu_kept_off_its_bf16_instructions_has_no_fast_bf16(monkeypatch, isa,
     assert ("no native bf16" in devices.describe_cpu()) is not fast
 
 
-def test_explicit_precisions():
+def test_explicit_precisions(monkeypatch):
     cpu = torch.device("cpu")
+    monkeypatch.setattr(devices, "cpu_has_fast_bf16", lambda: True)
     assert devices.pick_dtype("fp32", cpu) == torch.float32
     assert devices.pick_dtype("bf16", cpu) == torch.bfloat16
     assert devices.pick_dtype("fp16", torch.device("cuda")) == torch.float16
     with pytest.raises(CharRNNError, match="fp16 is for GPUs"):
         devices.pick_dtype("fp16", cpu)
+
+
+def test_bf16_on_a_cpu_without_it_is_refused_with_the_fix(monkeypatch):
+    """On an AVX2 CPU oneDNN has no bf16 LSTM (the LSTM's first step raised a RuntimeError) and emulated bf16 is
+    slower than fp32: one line that names fp32 instead."""
+    monkeypatch.setattr(devices, "cpu_has_fast_bf16", lambda: False)
+    with pytest.raises(CharRNNError, match="native bf16.*use --precision fp32"):
+        devices.pick_dtype("bf16", torch.device("cpu"))
+    assert devices.pick_dtype("auto", torch.device("cpu")) == torch.float32
 
 
 def test_autocast_is_off_for_fp32_and_on_otherwise():

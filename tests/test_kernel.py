@@ -62,8 +62,10 @@ def test_kernel_logits_match_numpy_for_300_steps(kind: str, batch: int, layers: 
     for _ in range(300):
         ids = rng.integers(0, len(VOCAB), batch)  # (B,)
         np.testing.assert_allclose(fast.step(ids), plain.step(ids), rtol=0, atol=1e-5)
+    # An LSTM's cell state grows to ~30 in 300 steps, where fp32's spacing is 2e-6: the AVX2 build's 8-lane sums
+    # ended 1.5e-5 (5 ulp) from numpy's there, so the state is compared relative to its size as well.
     for got, want in zip(fast.state(), plain.state(), strict=True):
-        np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+        np.testing.assert_allclose(got, want, rtol=2e-6, atol=1e-5)
 
 
 @needs_kernel
