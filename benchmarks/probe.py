@@ -1,6 +1,8 @@
 """What the automatic shape's probe measures and chooses, without training: the sizing call that
 `charrnn train CORPUS --minutes M` makes (recipe._plan: same split, device and precision), printing one line
 per shape measured and the dim line. Run it several times, each a fresh process, to see the probe's spread.
+The plan counts quality.py's validations at --milestones, as a quality.py run's would (--milestones "" for
+`charrnn train`'s own).
 
     python benchmarks/probe.py ../shared/corpora/tinyshakespeare.txt --minutes 1 [--precision fp32]
 """
@@ -23,6 +25,7 @@ def main() -> None:
     ap.add_argument("corpus", type=Path)
     ap.add_argument("--minutes", type=float, default=5.0)
     ap.add_argument("--precision", default="auto")
+    ap.add_argument("--milestones", default="1,2,2.5,5,15", help="quality.py's validations, in minutes")
     args = ap.parse_args()
     logging.basicConfig(format="  %(message)s")
     logging.getLogger("charrnn.sizing").setLevel(logging.DEBUG)
@@ -30,7 +33,10 @@ def main() -> None:
     ds = dataset.load([args.corpus], cfg.val_frac)
     device = pick_device(cfg.device)
     dtype = pick_dtype(cfg.precision, device)
-    plan = recipe._plan({"vocab_size": len(ds.vocab)}, {}, cfg, ds.train, device, dtype, Dist(), from_init=False)
+    milestones = tuple(m * 60 for m in (float(x) for x in args.milestones.split(",") if x) if m < args.minutes)
+    val_chars = len(ds.val) if cfg.val_frac > 0 else 0
+    vocab = {"vocab_size": len(ds.vocab)}
+    plan = recipe._plan(vocab, {}, cfg, ds.train, device, dtype, Dist(), False, val_chars, milestones)
     print(f"  -> {plan.note}")
     print("RESULT " + json.dumps({"minutes": args.minutes, "choice": plan.note, "cpu": describe_cpu()}))
 

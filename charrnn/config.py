@@ -189,6 +189,15 @@ SIZING_WIDE_FROM = 256
 SIZING_WIDTH_EXPONENT = 0.5
 SIZING_LONG_EXPONENT = 0.5
 SIZING_REF_MINUTES = 5.0  # whose need --steps alone uses (no clock: any shape makes the steps it is given)
+# The steps a shape makes are planned net of what the budget spends outside training (sizing.Overhead): the
+# probe, and each validation inside the budget, a forward-only pass over the validation text that runs at
+# VALIDATION_SPEEDUP times the training chars/s. On the Zen 4, natively and as an AVX2 CPU, GRU 2x256-2x768 at
+# batch 16 validated at 1.9-2.9x (median 2.2) their training chars/s, so one validation of tiny-shakespeare
+# (111,540 chars) cost 20-29 training steps. Counted in full, the plan had overcounted the steps made by a
+# median factor of 1/0.86 in the benchmarks' runs, which validate at 1, 2 and 2.5 minutes besides every
+# eval_every steps; the needs above are made steps (the grids' own), so an overcount took shapes too wide:
+# GRU 2x512 as AVX2 planned 1,141 steps in 5 minutes, above its need of 1,061, and made 1,000.
+VALIDATION_SPEEDUP = 2.2
 # A third layer is for GPUs: on a CPU budget it learned less per step, not only fewer steps (LSTM 3x512 had
 # 1.617 nats/char at step 1,000 against 1.558 for 2x512, in 5 minutes on the AVX-512 BF16 machine).
 _WIDTHS = (128, 192, 256, 384, 512, 768, 1024)

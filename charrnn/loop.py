@@ -143,8 +143,9 @@ class Trainer:
         eval_at_seconds: Iterable[float] = (),
     ) -> Trainer:
         """Prepare a run from the flags the user gave (see recipe.prepare) and a trainer for it."""
-        run, state, streams = prepare(corpus, model_flags, train_flags, out, resume, init, dist)
-        return cls(run, state, streams, report, EvalSchedule(run.cfg.eval_every, list(eval_at_seconds)))
+        milestones = list(eval_at_seconds)
+        run, state, streams = prepare(corpus, model_flags, train_flags, out, resume, init, dist, milestones)
+        return cls(run, state, streams, report, EvalSchedule(run.cfg.eval_every, milestones))
 
     @property
     def model(self) -> CharRNN:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -174,14 +174,27 @@ def _plan(
     dtype: torch.dtype,
     dist: Dist,
     from_init: bool,
+    val_chars: int,
+    eval_at_seconds: tuple[float, ...],
 ) -> sizing.Plan:
-    """What sizing chooses for this run (see sizing.plan); its line is shown and saved in checkpoints."""
+    """What sizing chooses for this run (see sizing.plan); its line is shown and saved in checkpoints.
+    `val_chars` and `eval_at_seconds`: the validations the budget pays for, so its planned steps are made."""
     fixed = {k: model_flags[k] for k in ("layers", "hidden") if model_flags.get(k) is not None}
     if "batch_size" in train_flags:
         fixed["batch_size"] = train_flags["batch_size"]
     if model_flags.get("tie_weights") and "hidden" not in fixed:  # tied weights need hidden == embed
         fixed["hidden"] = model_flags.get("embed", ModelConfig.embed)
-    plan = sizing.plan(model_flags, fixed, cfg, train_ids, device, dtype, dist.world, share=dist.broadcast)
+
+    def eval_every(shape: sizing.Shape) -> int:
+        """The steps between validations a run of `shape` will have (as prepare picks them)."""
+        if "eval_every" in train_flags:
+            return cfg.eval_every
+        return auto_eval_every((len(train_ids) - 1) // shape.batch_size // cfg.seq_len)
+
+    overhead = sizing.Overhead(val_chars=val_chars, eval_every=eval_every, at_seconds=eval_at_seconds)
+    plan = sizing.plan(
+        model_flags, fixed, cfg, train_ids, device, dtype, dist.world, share=dist.broadcast, overhead=overhead
+    )
     if from_init and plan.note:  # the model's shape came from --init, not from the probe
         plan = replace(plan, note=plan.note.replace("--layers, --hidden, --batch-size set it", "--init set the shape"))
     return plan
@@ -195,9 +208,11 @@ def prepare(
     resume: bool = False,
     init: str | os.PathLike | None = None,
     dist: Dist | None = None,
+    eval_at_seconds: Iterable[float] = (),
 ) -> tuple[Run, TrainingState, Streams]:
     """The run, its training state and its streams. Flags are only what the user gave; the config defaults
-    and, when resuming, the checkpoint supply the rest."""
+    and, when resuming, the checkpoint supply the rest. `eval_at_seconds`: validations besides the
+    schedule's, which the automatic shape plans for."""
     if init is not None and resume:
         raise CharRNNError("--init starts a new run and --resume continues one: give one of them")
     dist = dist or Dist()
@@ -247,13 +262,17 @@ def prepare(
         )
     device = dist.device or pick_device(cfg.device)
     dtype = pick_dtype(cfg.precision, device)
+    val_chars = len(val_ids) if cfg.val_frac > 0 else 0
+    milestones = tuple(eval_at_seconds)
     if device.type == "cpu":
         keep_freed_memory()  # before the probe, which must time the steps the run will make
     sizing_note = saved.get("sizing", "") if saved is not None else ""
     notes: list[str] = list(data.notices)
     plan = sizing.Plan(None, None)
     if saved is None:  # a resumed run keeps its shape; a new one may have it chosen
-        plan = _plan(model_flags, train_flags, cfg, data.train, device, dtype, dist, base is not None)
+        plan = _plan(
+            model_flags, train_flags, cfg, data.train, device, dtype, dist, base is not None, val_chars, milestones
+        )
         if plan.choice is not None:
             shape = plan.choice.shape
             model_flags = {**model_flags, "model": plan.cell, "layers": shape.layers, "hidden": shape.hidden}
@@ -280,7 +299,16 @@ def prepare(
     if model_cfg.dropout is None:
         if plan.choice is None and cfg.budget_seconds is not None:  # resuming an old run: measure it
             plan = _plan(
-                to_dict(model_cfg), {"batch_size": cfg.batch_size}, cfg, data.train, device, dtype, dist, False
+                to_dict(model_cfg),
+                {"batch_size": cfg.batch_size, "eval_every": cfg.eval_every},
+                cfg,
+                data.train,
+                device,
+                dtype,
+                dist,
+                False,
+                val_chars,
+                milestones,
             )
             if plan.note:
                 sizing_note = plan.note

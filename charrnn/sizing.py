@@ -26,6 +26,7 @@ from charrnn.config import (
     SIZING_BATCHES,
     SIZING_REF_BATCH,
     SIZING_SHAPES,
+    VALIDATION_SPEEDUP,
     ModelConfig,
     TrainConfig,
     auto_dropout,
@@ -76,6 +77,36 @@ class Choice:
     rate: float | None  # training chars/s the probe measured for this shape; None under --steps alone
 
 
+@dataclass(frozen=True)
+class Overhead:
+    """What of a time budget does not train, so that a shape's planned steps are the steps it will make: the
+    probe's own seconds (they count against the budget) and the validations the run's schedule makes inside
+    the budget, each a forward pass over `val_chars` at VALIDATION_SPEEDUP times the training chars/s, due every
+    `eval_every(shape)` steps and at each of `at_seconds` (a benchmark's milestones). The run's last
+    validation comes after the budget and costs no steps. The default is none: every second trains, as in
+    the grids' step counts, which are already net of their own runs' validations."""
+
+    spent: float = 0.0
+    val_chars: int = 0
+    eval_every: Callable[[Shape], int] = lambda shape: 1
+    at_seconds: tuple[float, ...] = ()
+
+    def steps(self, rate: float, shape: Shape, seq_len: int, budget_s: float) -> float:
+        """Steps a run of `shape` at `rate` chars/s makes in `budget_s` seconds."""
+        chars_per_step = shape.batch_size * seq_len
+        per_validation = self.val_chars / (VALIDATION_SPEEDUP * chars_per_step)  # in training steps, at any rate
+        milestones = sum(t < budget_s for t in self.at_seconds)
+        free = (budget_s - self.spent) * rate / chars_per_step - milestones * per_validation
+        if free <= 0:
+            return 0.0
+        every = self.eval_every(shape)
+        due = math.floor((free + per_validation) / (every + per_validation))  # validations begun in the budget
+        return max(due * every, free - due * per_validation)  # the last may run past the budget's end
+
+
+NO_OVERHEAD = Overhead()
+
+
 def candidates(device_type: str, fixed: Mapping[str, int]) -> list[Shape]:
     """Every shape the rule may choose on this kind of device. An explicit --layers, --hidden or --batch-size
     wins for its own dimension, even outside the grid, and the others still vary: --layers 3 on a CPU (whose
@@ -116,17 +147,30 @@ def qualifies(steps: float, shape: Shape, budget_s: float | None, worth: float =
     return effective_steps(steps, shape, worth) >= sizing_min_steps(budget_s, width(shape))
 
 
-def planned_steps(rate: float, shape: Shape, seq_len: int, budget_s: float | None, max_steps: int | None) -> float:
-    """Steps in the budget at `rate` chars/s, capped by --steps when both are given."""
-    steps = math.inf if budget_s is None else budget_s * rate / (shape.batch_size * seq_len)
+def planned_steps(
+    rate: float,
+    shape: Shape,
+    seq_len: int,
+    budget_s: float | None,
+    max_steps: int | None,
+    overhead: Overhead = NO_OVERHEAD,
+) -> float:
+    """Steps in the budget at `rate` chars/s, net of `overhead`, capped by --steps when both are given."""
+    steps = math.inf if budget_s is None else overhead.steps(rate, shape, seq_len, budget_s)
     return min(steps, max_steps) if max_steps is not None else steps
 
 
 def qualifies_at(
-    rate: float, shape: Shape, seq_len: int, budget_s: float, max_steps: int | None = None, worth: float = 1.0
+    rate: float,
+    shape: Shape,
+    seq_len: int,
+    budget_s: float,
+    max_steps: int | None = None,
+    worth: float = 1.0,
+    overhead: Overhead = NO_OVERHEAD,
 ) -> bool:
     """Whether `shape`, measured at `rate` chars/s, makes its need in the budget (qualifies)."""
-    return qualifies(planned_steps(rate, shape, seq_len, budget_s, max_steps), shape, budget_s, worth)
+    return qualifies(planned_steps(rate, shape, seq_len, budget_s, max_steps, overhead), shape, budget_s, worth)
 
 
 def lstm_wins(gru: Choice, lstm: Choice) -> bool:
@@ -147,14 +191,20 @@ def lstm_cheaper(shape: Shape, gru: Mapping[Shape, float], lstm: Mapping[Shape, 
 
 
 def choose(
-    rates: Mapping[Shape, float], seq_len: int, budget_s: float | None, max_steps: int | None, worth: float = 1.0
+    rates: Mapping[Shape, float],
+    seq_len: int,
+    budget_s: float | None,
+    max_steps: int | None,
+    worth: float = 1.0,
+    overhead: Overhead = NO_OVERHEAD,
 ) -> Choice:
     """The largest shape that makes enough (effective) steps in the budget; among shapes of one size
     the one with the most effective steps; when none makes enough, the one with the most. Pure: the
-    probe's measurements (or, under --steps alone, any rates) in, the choice out."""
+    probe's measurements (or, under --steps alone, any rates) and what the budget spends outside
+    training in, the choice out."""
     if not rates:
         raise ValueError("no candidate shapes to choose from")
-    plan = {s: planned_steps(r, s, seq_len, budget_s, max_steps) for s, r in rates.items()}
+    plan = {s: planned_steps(r, s, seq_len, budget_s, max_steps, overhead) for s, r in rates.items()}
     ok = [s for s in plan if qualifies(plan[s], s, budget_s, worth)]
     if ok:
         best = max(ok, key=lambda s: (size(s), effective_steps(plan[s], s)))
@@ -193,6 +243,7 @@ def plan(
     world: int = 1,
     share: Callable[[Any], Any] = lambda rates: rates,
     clock: Callable[[], float] = time.perf_counter,
+    overhead: Overhead = NO_OVERHEAD,
 ) -> Plan:
     """Choose what the user left open: the cell (no --model), the shape (some of --layers, --hidden,
     --batch-size missing), and, under a time budget, the speed an automatic dropout needs.
@@ -203,7 +254,8 @@ def plan(
     where no GRU shape makes the steps the budget needs and the LSTM, about twice as fast a step on some
     CPUs, makes more of them even at AUTO_LSTM_STEP_WORTH apiece (only if the GRU left probe time for it:
     no measurement, no switch).
-    `share` makes every rank of a distributed run use rank 0's measurements and decisions."""
+    `share` makes every rank of a distributed run use rank 0's measurements and decisions; `overhead`: the
+    run's validations (its `spent` is the probe's, filled in here), so the planned steps are those made."""
     budget = cfg.budget_seconds
     cells = (model_flags["model"],) if model_flags.get("model") else AUTO_CELLS
     auto_shape, auto_cell = len(fixed) < 3, len(cells) > 1
@@ -218,17 +270,24 @@ def plan(
 
     measured: dict[str, Mapping[Shape, float]] = {}  # cell -> the probe's rates (none under --steps alone)
 
+    def spent(shared: bool = False) -> Overhead:
+        """`overhead` with the probe's seconds so far (rank 0's where a decision must agree on every rank)."""
+        seconds = clock() - t0
+        return replace(overhead, spent=share(seconds) if shared else seconds)
+
     def measure(i: int, worth: float) -> Choice:
         """The choice for cells[i], from the probe's measurements of it (no clock under --steps alone)."""
         if budget is None:
             return choose_for_steps(cands, cfg.steps)
         first = {"model": cells[i], "layers": cands[0].layers, "hidden": cands[0].hidden}
         probe_ = Probe(ModelConfig(**{**model_flags, **first}), train_ids, cfg.seq_len, device, dtype, world)
-        limit = _cell_limit(left(), len(cells) - 1 - i, budget, len(train_ids), cfg.seq_len, cands)
+        limit = _cell_limit(left(), len(cells) - 1 - i, budget, len(train_ids), cfg.seq_len, cands, spent())
         log.debug("probe %s: %.1f s of the probe left", cells[i], left())
-        rates, _ = probe(cands, probe_.rate, cfg.seq_len, budget, cfg.steps, limit=limit, clock=clock, worth=worth)
+        rates, _ = probe(
+            cands, probe_.rate, cfg.seq_len, budget, cfg.steps, limit=limit, clock=clock, worth=worth, overhead=spent()
+        )
         measured[cells[i]] = share(rates)
-        return choose(measured[cells[i]], cfg.seq_len, budget, cfg.steps, worth)
+        return choose(measured[cells[i]], cfg.seq_len, budget, cfg.steps, worth, spent(shared=True))
 
     def passes(c: Choice) -> float:
         return c.steps * c.shape.batch_size * cfg.seq_len / max(1, len(train_ids))
@@ -244,6 +303,9 @@ def plan(
         if lstm_wins(choice, other):
             cell, choice = cells[1], other
     seconds = clock() - t0
+    if budget is not None:  # the whole probe's seconds, where a later cell's probe came after this choice
+        steps = planned_steps(choice.rate, choice.shape, cfg.seq_len, budget, cfg.steps, spent(shared=True))
+        choice = replace(choice, steps=steps)
     if not (auto_shape or auto_cell):
         return Plan(choice, cell, seconds)
     flags = ", ".join(
@@ -260,7 +322,13 @@ def plan(
 
 
 def _cell_limit(
-    left: float, later: int, budget_s: float, chars: int, seq_len: int, cands: list[Shape]
+    left: float,
+    later: int,
+    budget_s: float,
+    chars: int,
+    seq_len: int,
+    cands: list[Shape],
+    overhead: Overhead = NO_OVERHEAD,
 ) -> Callable[[Mapping[Shape, float]], float]:
     """The probe seconds one cell may use, from the `left` of the probe's limit, once its first (cheapest)
     shape is measured: all of them when no `later` cell can be needed, else an equal share.
@@ -278,7 +346,7 @@ def _cell_limit(
     def limit(rates: Mapping[Shape, float]) -> float:
         shape, first = next(iter(rates.items()))
         reads_often = budget_s * first * widen / max(1, chars) >= AUTO_CELL_PASSES
-        starves = not qualifies_at(first, shape, seq_len, budget_s)
+        starves = not qualifies_at(first, shape, seq_len, budget_s, overhead=overhead)
         return left / (1 + later) if later > 0 and (reads_often or starves) else left
 
     return limit
@@ -371,6 +439,7 @@ def probe(
     limit: float | Callable[[Mapping[Shape, float]], float] | None = None,
     clock: Callable[[], float] = time.perf_counter,
     worth: float = 1.0,
+    overhead: Overhead = NO_OVERHEAD,
 ) -> tuple[dict[Shape, float], float]:
     """Measure candidates from the cheapest up, batch by batch, until one can no longer make the steps it
     needs (a larger one, slower still, cannot either) or the probe's own time is spent. A wider batch
@@ -378,7 +447,8 @@ def probe(
     the cheapest, a 1-minute probe spent its time on 2x128 and 2x192 at batch 32 and never reached 2x256.
     Returns the rates measured and the seconds the probe took (they count against the budget). `limit`:
     the probe's seconds, or a function of the rates measured so far that gives them (_cell_limit); `worth`:
-    what a step of this cell counts for against the need (effective_steps)."""
+    what a step of this cell counts for against the need (effective_steps); `overhead`: what the budget spends
+    outside training (Overhead)."""
     if limit is None:
         limit = probe_seconds(budget_s)
     limit_now = limit if callable(limit) else lambda rates, seconds=limit: seconds
@@ -392,7 +462,7 @@ def probe(
             t_shape = clock()
             rates[shape] = measure(shape)
             log.debug("probe %s: %.0f chars/s in %.2f s", shape, rates[shape], clock() - t_shape)
-            if not qualifies_at(rates[shape], shape, seq_len, budget_s, max_steps, worth):
+            if not qualifies_at(rates[shape], shape, seq_len, budget_s, max_steps, worth, overhead):
                 break
             largest = max(largest, size(shape))
     return rates, clock() - t0

@@ -104,6 +104,57 @@ def test_a_wider_shape_needs_more_steps_as_the_grids_of_every_machine_say(minute
     assert need[0] == need[1] < need[2] < need[3]
 
 
+def simulated_steps(rate: float, shape: Shape, budget_s: float, overhead: sizing.Overhead, seq_len: int = 128) -> int:
+    """Steps a run makes, played out step by step: each step costs its chars at `rate`, each validation (every
+    `eval_every` steps, and at the first step boundary past each milestone) the validation text at
+    VALIDATION_SPEEDUP times that rate, and the budget's clock starts at the probe's `spent`."""
+    from charrnn.config import VALIDATION_SPEEDUP
+
+    step_s = shape.batch_size * seq_len / rate
+    validation_s = overhead.val_chars / (VALIDATION_SPEEDUP * rate)
+    every, due = overhead.eval_every(shape), sorted(overhead.at_seconds)
+    t, steps = overhead.spent, 0
+    while t + step_s <= budget_s:
+        t, steps = t + step_s, steps + 1
+        if steps % every == 0:
+            t += validation_s
+        while due and t >= due[0]:
+            due.pop(0)
+            t += validation_s
+    return steps
+
+
+@pytest.mark.parametrize("rate, minutes", [(7_788.0, 5.0), (35_563.0, 1.0), (12_797.0, 15.0)])
+def test_the_planned_steps_are_the_steps_a_run_with_validations_makes(rate, minutes):
+    shape = Shape(2, 384, 16)
+    overhead = sizing.Overhead(2.8, 111_540, lambda s: 500, (60.0, 120.0, 150.0))
+    made = simulated_steps(rate, shape, minutes * 60, overhead)
+    planned = sizing.planned_steps(rate, shape, 128, minutes * 60, None, overhead)
+    assert abs(planned - made) <= 0.005 * made + 2
+    assert sizing.planned_steps(rate, shape, 128, minutes * 60, None) > 1.04 * made  # what it used to plan
+
+
+def test_a_plan_net_of_probe_and_validations_keeps_a_slow_cpu_off_the_knife_edge():
+    """The Zen 4 as an AVX2 CPU, 5 minutes (GRU, batch 16): counting every second as training, 2x512 planned
+    1,141 steps, over its need of 1,061, and made 1,000, while 2x384 ended 0.011 nats/char lower. Net of the
+    2.8 s probe and the benchmark's validations (every 500 steps, at 1, 2 and 2.5 minutes) it takes 2x384."""
+    rates = {Shape(2, 128, 16): 35_563.0, Shape(2, 192, 16): 30_146.0, Shape(2, 256, 16): 21_461.0}
+    rates |= {Shape(2, 384, 16): 12_797.0, Shape(2, 512, 16): 7_788.0}
+    overhead = sizing.Overhead(2.8, 111_540, lambda s: 500, (60.0, 120.0, 150.0))
+    assert sizing.choose(rates, 128, 300.0, None).shape == Shape(2, 512, 16)
+    assert sizing.choose(rates, 128, 300.0, None, overhead=overhead).shape == Shape(2, 384, 16)
+
+
+@pytest.mark.parametrize("speed", [2_000.0, 16_000.0, 60_000.0])
+@pytest.mark.parametrize("minutes", [1.0, 5.0, 15.0])
+def test_more_overhead_never_picks_a_larger_shape(speed, minutes):
+    sizes = []
+    for val_chars in (0, 10**5, 10**6, 10**7):
+        overhead = sizing.Overhead(spent=1.0, val_chars=val_chars, eval_every=lambda s: 250)
+        sizes.append(sizing.size(sizing.choose(cpu_rates(speed), 128, minutes * 60, None, overhead=overhead).shape))
+    assert sizes == sorted(sizes, reverse=True)
+
+
 def test_a_wide_batch_wins_where_it_comes_nearly_free():
     """A GPU-like machine: batch 256 runs 12x the chars/s of batch 32, so it is chosen."""
     cands = sizing.candidates("cuda", {})

@@ -250,6 +250,27 @@ def test_a_time_budget_takes_shape_and_dropout_from_the_probe_and_a_slow_start_c
     assert seen[0] == seen[1]
 
 
+def test_the_plan_counts_the_runs_own_validations(corpus, tmp_path, monkeypatch):
+    """The shape is planned on the steps the run will make: net of its validation text at the schedule the
+    run will have, and of the extra validations (a benchmark's milestones) the trainer was given."""
+    from charrnn import sizing
+
+    _fake_rates(monkeypatch, 5e4)
+    seen, real_plan = [], sizing.plan
+    monkeypatch.setattr(sizing, "plan", lambda *a, **k: seen.append(k["overhead"]) or real_plan(*a, **k))
+    flags = {k: v for k, v in TRAIN.items() if k != "batch_size"} | {"minutes": 0.5}
+    train_mod.Trainer.from_flags(corpus, {"embed": 16}, flags, tmp_path / "a", False, None)
+    timed = train_mod.Trainer.from_flags(
+        corpus, {"embed": 16}, flags, tmp_path / "b", False, None, eval_at_seconds=[5.0, 10.0, 60.0]
+    )
+    shape = sizing.Shape(timed.run.model_cfg.layers, timed.run.model_cfg.hidden, timed.cfg.batch_size)
+    assert seen[0].at_seconds == () and seen[1].at_seconds == (5.0, 10.0, 60.0)
+    assert seen[1].val_chars == len(timed.run.val_ids) > 0 and seen[1].eval_every(shape) == timed.cfg.eval_every
+    rate = 5e4 * 2 * 128 * 128 / sizing.size(shape)
+    with_milestones = sizing.planned_steps(rate, shape, timed.cfg.seq_len, 30.0, None, seen[1])
+    assert with_milestones < sizing.planned_steps(rate, shape, timed.cfg.seq_len, 30.0, None, seen[0])
+
+
 def test_resume_keeps_the_chosen_shape_whatever_the_probe_would_say_now(corpus, tmp_path, monkeypatch):
     _fake_rates(monkeypatch, 2e3)  # a slow machine: the smallest shape
     flags = {k: v for k, v in TRAIN.items() if k != "batch_size"} | {"minutes": 30.0, "steps": 4}
