@@ -364,7 +364,12 @@ def _import_optimizer_machinery() -> None:
 class Probe:
     """Times a few real training steps (forward, backward, clip, AdamW) of a candidate shape on windows of
     the real corpus, after untimed warm-up steps, so kernel selection, allocation and, for the first shape,
-    the process's ramp-up (PROBE_SETTLE) do not count."""
+    the process's ramp-up (PROBE_SETTLE) do not count.
+
+    A wider batch is timed step for step against its twin at the first batch measured (same layers and width),
+    and read as that twin's rate times the ratio of the two: a shared VM's speed drifts by 20-30% over seconds
+    (AVX2 machine, benchmarks/README.md), and timed after the twin, batch 32 read 1.4-1.7x batch 16's chars/s
+    where whole runs made 1.08-1.16x, so a batch worth fewer effective steps was chosen."""
 
     def __init__(
         self,
@@ -379,9 +384,38 @@ class Probe:
         self.model_cfg, self.train_ids, self.seq_len = model_cfg, train_ids, seq_len
         self.device, self.dtype, self.world, self.clock = device, dtype, world, clock
         self.settled = False  # whether this Probe's first shape has warmed up (see PROBE_SETTLE)
+        self.readings: dict[Shape, float] = {}  # what rate() returned, for each shape's latest bench
+        self._benches: dict[Shape, Callable[[], float]] = {}  # shape -> one timed step of its warm model
 
     def rate(self, shape: Shape) -> float:
         """Training chars/s of the whole (global) batch, as this process sees it."""
+        twin = self.twin(shape)
+        step = self._bench(shape)
+        warm = [step()]  # kernel selection and allocation: never timed
+        while not self.settled and len(warm) < PROBE_MAX_WARM_UP and _speeding_up(warm):
+            warm.append(step())
+        self.settled = True
+        if twin is None:
+            mine = [step() for _ in range(PROBE_TIMED_STEPS)]
+            rate = shape.batch_size * self.seq_len / float(np.median(mine))
+        else:
+            pairs = [(step(), self._benches[twin]()) for _ in range(PROBE_TIMED_STEPS)]
+            mine, theirs = (float(np.median(t)) for t in zip(*pairs))
+            rate = self.readings[twin] * (shape.batch_size / mine) / (twin.batch_size / theirs)
+        self.readings[shape] = rate
+        return rate
+
+    def twin(self, shape: Shape) -> Shape | None:
+        """The shape at the first batch this Probe measured that `shape` is timed against, if measured."""
+        if not self._benches:
+            return None
+        first = next(iter(self._benches)).batch_size
+        twin = replace(shape, batch_size=first)
+        return twin if twin != shape and twin in self._benches else None
+
+    def _bench(self, shape: Shape) -> Callable[[], float]:
+        """A fresh model of `shape` with its optimizer and streams; returns its step, which times itself. Kept
+        for the shapes of the first batch, which a wider batch is timed against."""
         from charrnn.data import Streams
         from charrnn.state import forward_loss, make_optimizer
 
@@ -412,12 +446,10 @@ class Probe:
             self._sync()
             return self.clock() - t0
 
-        warm = [step()]  # kernel selection and allocation: never timed
-        while not self.settled and len(warm) < PROBE_MAX_WARM_UP and _speeding_up(warm):
-            warm.append(step())
-        self.settled = True
-        times = [step() for _ in range(PROBE_TIMED_STEPS)]
-        return local * self.seq_len / float(np.median(times)) * (shape.batch_size / local)
+        if not self._benches or shape.batch_size == next(iter(self._benches)).batch_size:
+            self._benches.pop(shape, None)  # a shape measured again is timed on a fresh model, last in order
+            self._benches[shape] = step
+        return step
 
     def _sync(self) -> None:
         if self.device.type == "cuda":
@@ -474,7 +506,9 @@ def _probe_cost(shape: Shape, rates: Mapping[Shape, float], seq_len: int) -> flo
     start-up (kernel selection, allocation, PROBE_SETTLE's warm-up)."""
     last, rate = list(rates.items())[-1]
     rate_here = rate * _step_work(last) / _step_work(shape)  # chars/s
-    return (1 + PROBE_TIMED_STEPS) * shape.batch_size * seq_len / rate_here
+    twin = next((s for s in rates if replace(s, batch_size=shape.batch_size) == shape and s != shape), None)
+    paired = PROBE_TIMED_STEPS * twin.batch_size * seq_len / rates[twin] if twin else 0.0  # its steps (Probe)
+    return (1 + PROBE_TIMED_STEPS) * shape.batch_size * seq_len / rate_here + paired
 
 
 def _step_work(shape: Shape) -> float:

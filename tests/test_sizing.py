@@ -379,6 +379,35 @@ def test_the_first_shape_is_timed_once_its_steps_stop_speeding_up_and_later_shap
         clock()
 
 
+def test_a_wider_batch_is_read_step_for_step_against_its_twin_so_a_speedup_between_them_does_not_count():
+    """A shared VM doubles its speed after batch 4 was timed: on its own batch 8 would read twice batch 4's
+    chars/s per step's worth, and win effective steps it does not make. Timed in turns with its twin, it
+    reads what it does against batch 4 (the same chars/s), at batch 4's level; and a bench is kept only for
+    the first batch measured."""
+    steps = [0.1, 0.1] + [0.1] * sizing.PROBE_TIMED_STEPS  # batch 4: warm-up until steady, timed at 640 chars/s
+    steps += [0.1] + [0.1, 0.05] * sizing.PROBE_TIMED_STEPS  # then twice as fast: batch 8 and batch 4 in turns
+    ticks = itertools.accumulate([0.0] + [t for d in steps for t in (d, 0.0)][:-1])
+    clock = lambda: next(ticks)  # noqa: E731
+    ids = torch.randint(0, 20, (4000,)).numpy().astype("uint8")
+    cfg = ModelConfig(vocab_size=20, layers=1, hidden=8, embed=4)
+    probe = sizing.Probe(cfg, ids, 16, torch.device("cpu"), torch.float32, clock=clock)
+    assert probe.rate(Shape(1, 8, 4)) == pytest.approx(4 * 16 / 0.1)
+    assert probe.twin(Shape(1, 8, 8)) == Shape(1, 8, 4) and probe.twin(Shape(1, 16, 8)) is None
+    assert probe.rate(Shape(1, 8, 8)) == pytest.approx(4 * 16 / 0.1)  # not 8 * 16 / 0.1
+    with pytest.raises(StopIteration):  # every planned step was taken, none more
+        clock()
+    assert list(probe._benches) == [Shape(1, 8, 4)]
+
+
+def test_the_probe_plans_for_the_twin_steps_a_wider_batch_is_timed_with():
+    rates = {Shape(2, 256, 16): 16_000.0}
+    alone = sizing._probe_cost(Shape(2, 384, 32), rates, 128)
+    paired = sizing._probe_cost(Shape(2, 256, 32), rates, 128)
+    twin_steps = sizing.PROBE_TIMED_STEPS * 16 * 128 / 16_000.0
+    assert paired == pytest.approx(4 * 32 * 128 / 16_000.0 + twin_steps)
+    assert alone == pytest.approx(4 * 32 * 128 / (16_000.0 * (256 / 384) ** 1.5))  # no twin measured: its own
+
+
 @pytest.mark.parametrize(
     "minutes,chars,flags,lstm_speed,cell",
     [
