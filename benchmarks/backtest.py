@@ -162,7 +162,8 @@ GRIDS: dict[str, list[Row]] = {
     "zen4emu_2": [("gru", 256, 16, 1005, 1.5329), ("gru", 384, 16, 590, 1.5690)],
     "zen4emu_5": [("gru", 256, 16, 2519, 1.4579), ("gru", 384, 16, 1437, 1.4540), ("gru", 512, 16, 856, 1.5060)],
     # the AVX2 machine again, with the GRU's kernel, weight decay 0.3 and the plan net of validations ("The AVX2
-    # machine again"): three or four runs of each GRU cell at 1 minute, automatic runs counted as their shape
+    # machine again"): up to five runs of a cell (three of each GRU cell at 1 minute), automatic runs counted as
+    # the shape they took
     "avx2k_1": [
         ("gru", 128, 16, 814, 1.6556),
         ("gru", 192, 16, 571.5, 1.626125),
@@ -170,6 +171,12 @@ GRIDS: dict[str, list[Row]] = {
         ("gru", 192, 32, 381.3, 1.6493),
         ("lstm", 192, 16, 706, 1.7682),
         ("lstm", 256, 16, 512, 1.8150),
+    ],
+    "avx2k_2": [
+        ("gru", 192, 16, 1053.5, 1.55875),
+        ("gru", 256, 16, 820, 1.5705),
+        ("gru", 384, 16, 459, 1.6266),
+        ("lstm", 256, 16, 871, 1.7262),
     ],
     "avx2k_5": [
         ("gru", 192, 16, 3038, 1.4775),
@@ -179,6 +186,7 @@ GRIDS: dict[str, list[Row]] = {
         ("gru", 256, 32, 1268, 1.4697),
         ("lstm", 256, 16, 2382, 1.5669),
     ],
+    "avx2k_15": [("gru", 256, 16, 6170, 1.4310), ("gru", 384, 16, 3642, 1.4144), ("gru", 512, 16, 2389, 1.4125)],
 }
 
 
