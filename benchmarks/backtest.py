@@ -11,6 +11,7 @@ config.py:
     python benchmarks/backtest.py --scale 0.86    # every run's steps times 0.86 before the rule sees them
     python benchmarks/backtest.py --predicted-loss   # fit a loss for each GRU shape and take the lowest
     python benchmarks/backtest.py --noise 0.15 [--predicted-loss]   # a probe that misreads each shape
+    python benchmarks/backtest.py --wide-from 128 --anchors 1:354,2:495,5:530,15:1485   # width counts below 256
 
 --scale stands for a plan that is off by a constant factor: live runs make a median 0.86 of the steps their
 probe planned (the validations and the probe are not in the plan), and the needs were fitted on steps made,
@@ -165,8 +166,8 @@ GRIDS: dict[str, list[Row]] = {
     # machine again"): up to five runs of a cell (three of each GRU cell at 1 minute), automatic runs counted as
     # the shape they took
     "avx2k_1": [
-        ("gru", 128, 16, 814, 1.6556),
-        ("gru", 192, 16, 571.5, 1.626125),
+        ("gru", 128, 16, 744.3, 1.66682),
+        ("gru", 192, 16, 555.8, 1.62947),
         ("gru", 256, 16, 422.75, 1.6881),
         ("gru", 192, 32, 381.3, 1.6493),
         ("lstm", 192, 16, 706, 1.7682),
@@ -295,6 +296,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--anchors", help="minutes:steps,... in place of config.SIZING_MIN_STEPS (up to 5 minutes)")
     ap.add_argument("--width-exponent", type=float, help="in place of config.SIZING_WIDTH_EXPONENT")
+    ap.add_argument("--wide-from", type=int, help="in place of config.SIZING_WIDE_FROM")
     ap.add_argument("--scale", type=float, default=1.0, help="multiply every run's steps by this before the rule")
     ap.add_argument("--predicted-loss", action="store_true", help="the fitted-loss rule in place of charrnn's")
     ap.add_argument("--noise", type=float, help="replay each grid with every shape misread by its own factor")
@@ -304,6 +306,8 @@ def main() -> None:
         config.SIZING_MIN_STEPS = (*pts, *(p for p in config.SIZING_MIN_STEPS if p[0] > pts[-1][0]))
     if args.width_exponent is not None:
         config.SIZING_WIDTH_EXPONENT = args.width_exponent
+    if args.wide_from is not None:
+        config.SIZING_WIDE_FROM = args.wide_from
     if args.noise is not None:
         if args.predicted_loss:
             fits = {g: fit_loss({k: v for k, v in GRIDS.items() if k != g}) for g in GRIDS}  # each held out

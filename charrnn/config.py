@@ -179,8 +179,9 @@ GRU_DROPOUT_TOP = 0.15
 # - 15 minutes, 2,100 (2x512: 2,970, 2x768: 3,637): LSTM 2x768 with 2,389 steps (its probe planned
 #   3,089) ended at 1.434 nats/char, behind 2x512 with 3,590-5,348 (1.4065-1.4138, Zen 5).
 # Fed each grid's measured steps (`python benchmarks/backtest.py`), these anchors take a shape within 0.015
-# nats/char of the grid's best in all 14 grids, 13 they were fitted on and one measured after; one need for
-# every width (1,000 at 2 minutes, 1,350 at 5) did so in 11 (0.017-0.051 behind in the others).
+# nats/char of the grid's best in all 14 grids, 13 they were fitted on and one measured after (26 of 26 with
+# the grids measured since, the real AVX2 machine's among them); one need for every width (1,000 at 2 minutes,
+# 1,350 at 5) did so in 11 of the 14 (0.017-0.051 behind in the others).
 # Between those budgets the need follows the straight line through its neighbours on log-log axes; below them
 # the first segment's slope, beyond them SIZING_LONG_EXPONENT, Chinchilla's, where no grid was measured. The
 # need never grows faster than the budget, so a longer budget never takes a smaller shape.
