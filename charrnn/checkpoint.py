@@ -170,7 +170,7 @@ def describe(path: Path) -> dict[str, Any]:
     from charrnn.model import count_parameters
 
     best = ckpt.get("best_val")
-    dropout = "auto" if cfg.dropout is None else cfg.dropout  # None: saved before a time budget settled it
+    dropout = "auto" if cfg.dropout is None else f"{cfg.dropout:g}"  # None: saved before a time budget settled it
     return {
         "model": f"{cfg.model} {cfg.layers}x{cfg.hidden} (embed {cfg.embed}, dropout {dropout}"
         f"{', locked' if cfg.locked_dropout else ''}"

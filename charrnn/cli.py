@@ -25,7 +25,7 @@ from typer.core import TyperCommand, TyperGroup
 from charrnn.config import (
     DEFAULT_MINUTES,
     DROPOUT_PASSES,
-    DROPOUT_RANGE,
+    DROPOUT_TOP,
     FINETUNE_WEIGHT_DECAY,
     GRU_DROPOUT_TOP,
     LR_REF_HIDDEN,
@@ -131,8 +131,8 @@ def train(
         Optional[float],
         typer.Option(
             help="Dropout on embeddings, between layers and before the output. "
-            f"(default: {DROPOUT_RANGE[0]:g}, rising to {DROPOUT_RANGE[1]:g} when the budget reads the training "
-            f"text {DROPOUT_PASSES[0]:g}-{DROPOUT_PASSES[1]:g}+ times; {GRU_DROPOUT_TOP:g} for a GRU)"
+            f"(default: none while the budget reads the training text up to {DROPOUT_PASSES[0]:g} times, "
+            f"rising to {DROPOUT_TOP:g} at {DROPOUT_PASSES[1]:g}+ times; {GRU_DROPOUT_TOP:g} for a GRU)"
         ),
     ] = None,
     locked_dropout: Annotated[

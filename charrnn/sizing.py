@@ -29,7 +29,6 @@ from charrnn.config import (
     VALIDATION_SPEEDUP,
     ModelConfig,
     TrainConfig,
-    auto_dropout,
     sizing_min_steps,
 )
 from charrnn.devices import autocast
@@ -43,6 +42,10 @@ PROBE_MAX_SECONDS = 10.0  # ... and never more than 10 s
 # median of two is their mean, and one step slowed by a neighbour on a shared 2-core VM (10-30% on the
 # Zen 5 machine) moved a shape across the line between qualifying and not.
 PROBE_TIMED_STEPS = 3
+# The dropout a shape is timed at when the run's own is not settled yet (it follows the passes the probe plans):
+# the needs (config.SIZING_MIN_STEPS) were fitted on runs at 0.1, so a run that plans few passes and drops none
+# makes a few % more steps than its plan (GRU 2x192 in 1 minute: 575-648 against 578-587 at 0.1).
+PROBE_DROPOUT = 0.1
 # The first training steps of a fresh process can keep speeding up for several steps (GRU 2x256 on the
 # Zen 5 machine: 186, 133, 104 ms after the warm-up step), and two 1-minute probes read GRU 2x128 at 16,928
 # and 18,988 chars/s where its 1-minute training ran at 23,822, so 2x192 fell under the 1-minute need and
@@ -420,7 +423,7 @@ class Probe:
         from charrnn.state import forward_loss, make_optimizer
 
         local = max(1, shape.batch_size // self.world)
-        dropout = auto_dropout(0.0) if self.model_cfg.dropout is None else self.model_cfg.dropout
+        dropout = PROBE_DROPOUT if self.model_cfg.dropout is None else self.model_cfg.dropout
         cfg = replace(self.model_cfg, layers=shape.layers, hidden=shape.hidden, dropout=dropout)
         model = CharRNN(cfg).to(self.device)
         if model.adaptive:  # which clusters the windows reach depends on the frequency order

@@ -17,6 +17,8 @@ import pytest
 import torch
 from conftest import TINY, make_text
 
+from charrnn.config import auto_dropout
+
 METRIC_KEYS = {"step", "elapsed", "train_loss", "val_loss", "val_bpc", "lr", "chars_per_s"}
 
 
@@ -333,9 +335,10 @@ def test_regularisation_flags_reach_the_model_and_info(run_cli, tiny_corpus, tmp
     flags = [*TINY, "--embed", "32", "--locked-dropout", "--weight-drop", "0.2", "--tie-weights"]
     code, out, err = run_cli("train", tiny_corpus, *flags, "--out", run)
     assert code == 0, err
-    assert re.search(r"dropout 0\.1: --steps allows about [\d.]+ passes", err)  # the automatic choice, said
+    said = re.search(r"dropout ([\d.]+): --steps allows about ([\d.]+) passes", err)  # the automatic choice
+    assert said and float(said[1]) == auto_dropout(float(said[2]))
     info = run_cli("info", "-c", run)[1]
-    assert all(word in table_row(info, "model") for word in ("dropout 0.1,", "locked,", "weight drop 0.2"))
+    assert all(word in table_row(info, "model") for word in (f"dropout {said[1]},", "locked,", "weight drop 0.2"))
     assert "tied" in info  # the table wraps the long model line
 
 

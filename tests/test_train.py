@@ -149,19 +149,22 @@ def test_resume_rejects_a_different_data_layout(corpus, tmp_path):
 
 
 def test_auto_dropout_follows_the_passes_over_the_training_text():
-    from charrnn.config import DROPOUT_PASSES, DROPOUT_RANGE, auto_dropout
+    from charrnn.config import DROPOUT_PASSES, DROPOUT_TOP, auto_dropout
 
-    lo, hi = DROPOUT_RANGE
-    assert auto_dropout(0.0) == auto_dropout(DROPOUT_PASSES[0]) == lo
-    assert auto_dropout(DROPOUT_PASSES[1]) == auto_dropout(1000.0) == hi
-    assert auto_dropout(sum(DROPOUT_PASSES) / 2) == pytest.approx((lo + hi) / 2, abs=1e-3)
+    lo, hi = DROPOUT_PASSES
+    assert auto_dropout(0.0) == auto_dropout(1.0) == auto_dropout(lo) == 0.0  # nothing to overfit yet
+    assert 0.0 < auto_dropout(lo + 0.5) < auto_dropout(sum(DROPOUT_PASSES) / 2) < DROPOUT_TOP
+    assert auto_dropout(sum(DROPOUT_PASSES) / 2) == pytest.approx(DROPOUT_TOP / 2, abs=1e-3)
+    assert auto_dropout(hi) == auto_dropout(1000.0) == DROPOUT_TOP
+    rates = [auto_dropout(p / 4) for p in range(80)]
+    assert rates == sorted(rates)  # never less for more passes, and no jump on the way up
+    assert max(b - a for a, b in zip(rates, rates[1:])) <= DROPOUT_TOP / (hi - lo) / 4 + 1e-3
 
 
 def test_the_gru_gets_less_dropout_at_many_passes_and_the_same_at_few():
-    from charrnn.config import DROPOUT_PASSES, DROPOUT_RANGE, GRU_DROPOUT_TOP, auto_dropout
+    from charrnn.config import DROPOUT_PASSES, GRU_DROPOUT_TOP, auto_dropout
 
-    lo = DROPOUT_RANGE[0]
-    assert auto_dropout(0.0, "gru") == auto_dropout(DROPOUT_PASSES[0], "gru") == lo
+    assert auto_dropout(0.0, "gru") == auto_dropout(DROPOUT_PASSES[0], "gru") == auto_dropout(0.0) == 0.0
     assert auto_dropout(DROPOUT_PASSES[1], "gru") == auto_dropout(1000.0, "gru") == GRU_DROPOUT_TOP
     rates = [auto_dropout(p, "gru") for p in range(40)]
     assert rates == sorted(rates)  # never less for more passes
@@ -174,15 +177,16 @@ def _rates(trainer):
 
 
 def test_a_step_budget_sets_dropout_from_its_passes_before_the_first_step(corpus, tmp_path):
-    from charrnn.config import DROPOUT_RANGE, auto_dropout
+    from charrnn.config import DROPOUT_PASSES, DROPOUT_TOP, auto_dropout
 
     auto = {k: v for k, v in MODEL.items() if k != "dropout"}
     few = train_mod.Trainer.from_flags(corpus, auto, {**TRAIN, "steps": 5}, tmp_path / "few", False, None)
-    assert few.run.model_cfg.dropout == DROPOUT_RANGE[0] and _rates(few) == (DROPOUT_RANGE[0],) * 2
+    assert few.run.model_cfg.dropout == 0.0 and _rates(few) == (0.0, 0.0)  # a fraction of a pass: none
     windows = few.streams.windows
-    steps = 9 * windows  # nine passes: halfway up the ramp
+    passes = sum(DROPOUT_PASSES) / 2  # halfway up the ramp
+    steps = round(passes * windows)
     mid = train_mod.Trainer.from_flags(corpus, auto, {**TRAIN, "steps": steps}, tmp_path / "mid", False, None)
-    assert DROPOUT_RANGE[0] < mid.run.model_cfg.dropout == auto_dropout(9.0, mid.run.model_cfg.model) < DROPOUT_RANGE[1]
+    assert 0.0 < mid.run.model_cfg.dropout == auto_dropout(steps / windows, mid.run.model_cfg.model) < DROPOUT_TOP
     assert _rates(mid) == (mid.run.model_cfg.dropout,) * 2
     mine = train_mod.Trainer.from_flags(corpus, MODEL, {**TRAIN, "steps": steps}, tmp_path / "mine", False, None)
     assert mine.run.model_cfg.dropout == MODEL["dropout"] and _rates(mine) == (MODEL["dropout"],) * 2
@@ -209,7 +213,7 @@ def test_a_time_budget_takes_shape_and_dropout_from_the_probe_and_a_slow_start_c
 ):
     import time
 
-    from charrnn.config import DROPOUT_RANGE, auto_dropout
+    from charrnn.config import DROPOUT_TOP, auto_dropout
 
     _fake_rates(monkeypatch, 5e4)
     flags = {k: v for k, v in TRAIN.items() if k != "batch_size"} | {"minutes": 0.02, "eval_every": 1000}
@@ -239,7 +243,7 @@ def test_a_time_budget_takes_shape_and_dropout_from_the_probe_and_a_slow_start_c
         passes = trainer.run.sizing and float(infos[1].split("about ")[1].split(" passes")[0])
         assert (
             trainer.run.model_cfg.dropout == auto_dropout(passes, trainer.run.model_cfg.model)
-            and DROPOUT_RANGE[0] <= trainer.run.model_cfg.dropout
+            and 0.0 <= trainer.run.model_cfg.dropout <= DROPOUT_TOP
         )
         assert infos[0] == trainer.run.sizing and "chars/s" in trainer.run.sizing
         saved = checkpoint.load(tmp_path / f"run{slow}" / "last.pt")
