@@ -191,18 +191,22 @@ GRIDS: dict[str, list[Row]] = {
 }
 
 
+def factor(scale: float | dict[Row, float], row: Row) -> float:
+    """What `row`'s steps are multiplied by: one factor for every row, or each row's own (misread)."""
+    return scale[row] if isinstance(scale, dict) else scale
+
+
 def pick(rows: list[Row], budget_s: float, scale: float | dict[Row, float] = 1.0) -> Row:
     """The row the rule takes when every run's speed is known exactly: the GRU's choice, or the LSTM's where
     the GRU falls short of its need and the LSTM makes more effective steps at AUTO_LSTM_STEP_WORTH (plan();
     none of these grids plans the 12 passes of the other branch). `scale`: one factor for every run's steps,
     or one for each row (a probe that misreads each shape by its own amount)."""
     by_shape = {cell: {Shape(2, r[1], r[2]): r for r in rows if r[0] == cell} for cell in ("gru", "lstm")}
-    factor = scale.__getitem__ if isinstance(scale, dict) else lambda row: scale
 
     def choose(cell: str, worth: float) -> sizing.Choice | None:
         if not by_shape[cell]:
             return None
-        rates = {s: factor(r) * r[3] * s.batch_size * SEQ_LEN / budget_s for s, r in by_shape[cell].items()}
+        rates = {s: factor(scale, r) * r[3] * s.batch_size * SEQ_LEN / budget_s for s, r in by_shape[cell].items()}
         return sizing.choose(rates, SEQ_LEN, budget_s, None, worth)
 
     gru = choose("gru", 1.0)  # every grid has GRU rows
@@ -246,7 +250,7 @@ def pick_by_loss(rows: list[Row], fit: tuple[float, float, float, float], scale:
     a, alpha, b, beta = fit
     gru = [r for r in rows if r[0] == "gru"]
     w, s = loss_terms(gru)
-    k = np.array([scale[r] for r in gru]) if isinstance(scale, dict) else scale
+    k = np.array([factor(scale, r) for r in gru])
     return gru[int(np.argmin(a * w**-alpha + b * (k * s) ** -beta))]
 
 

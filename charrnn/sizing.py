@@ -12,7 +12,7 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -410,11 +410,7 @@ class Probe:
 
     def twin(self, shape: Shape) -> Shape | None:
         """The shape at the first batch this Probe measured that `shape` is timed against, if measured."""
-        if not self._benches:
-            return None
-        first = next(iter(self._benches)).batch_size
-        twin = replace(shape, batch_size=first)
-        return twin if twin != shape and twin in self._benches else None
+        return twin_of(shape, self._benches)
 
     def _bench(self, shape: Shape) -> Callable[[], float]:
         """A fresh model of `shape` with its optimizer and streams; returns its step, which times itself. Kept
@@ -449,7 +445,7 @@ class Probe:
             self._sync()
             return self.clock() - t0
 
-        if not self._benches or shape.batch_size == next(iter(self._benches)).batch_size:
+        if not self._benches or shape.batch_size == _first_batch(self._benches):
             self._benches.pop(shape, None)  # a shape measured again is timed on a fresh model, last in order
             self._benches[shape] = step
         return step
@@ -503,13 +499,27 @@ def probe(
     return rates, clock() - t0
 
 
+def _first_batch(measured: Collection[Shape]) -> int:
+    return next(iter(measured)).batch_size
+
+
+def twin_of(shape: Shape, measured: Collection[Shape]) -> Shape | None:
+    """The shape of the same layers and width at the first batch measured (`measured` in the order measured),
+    which a wider batch is timed against (Probe); None for a shape of that batch, or one whose twin was not
+    measured."""
+    if not measured:
+        return None
+    twin = replace(shape, batch_size=_first_batch(measured))
+    return twin if twin != shape and twin in measured else None
+
+
 def _probe_cost(shape: Shape, rates: Mapping[Shape, float], seq_len: int) -> float:
     """Seconds a probe of `shape` should take, from the speed of the last shape measured. Predicted from the
     timed steps, not from how long the last probe took: the first probe of a process also pays one-time
     start-up (kernel selection, allocation, PROBE_SETTLE's warm-up)."""
     last, rate = list(rates.items())[-1]
     rate_here = rate * _step_work(last) / _step_work(shape)  # chars/s
-    twin = next((s for s in rates if replace(s, batch_size=shape.batch_size) == shape and s != shape), None)
+    twin = twin_of(shape, rates)
     paired = PROBE_TIMED_STEPS * twin.batch_size * seq_len / rates[twin] if twin else 0.0  # its steps (Probe)
     return (1 + PROBE_TIMED_STEPS) * shape.batch_size * seq_len / rate_here + paired
 
