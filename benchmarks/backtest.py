@@ -7,16 +7,21 @@ mean of its runs); a grid's name ends in its budget in minutes. Other rules can 
 config.py:
 
     python benchmarks/backtest.py                                      # the rule as it is
-    python benchmarks/backtest.py --anchors 1:500,2:1000,5:1350 --width-exponent 0   # the rule before
+    python benchmarks/backtest.py --held-out      # each grid with the loss fitted on the others
+    python benchmarks/backtest.py --largest       # the largest shape that makes its need, not the ranked
+    python benchmarks/backtest.py --largest --anchors 1:500,2:1000,5:1350 --width-exponent 0   # the first rule
     python benchmarks/backtest.py --scale 0.86    # every run's steps times 0.86 before the rule sees them
-    python benchmarks/backtest.py --predicted-loss   # fit a loss for each GRU shape and take the lowest
-    python benchmarks/backtest.py --noise 0.15 [--predicted-loss]   # a probe that misreads each shape
+    python benchmarks/backtest.py --predicted-loss   # the lowest fitted loss of every GRU shape, no need
+    python benchmarks/backtest.py --noise 0.15 [--held-out|--largest|--predicted-loss]   # a probe that misreads
     python benchmarks/backtest.py --wide-from 128 --anchors 1:354,2:495,5:530,15:1485   # width counts below 256
 
 --scale stands for a plan that is off by a constant factor: live runs make a median 0.86 of the steps their
 probe planned (the validations and the probe are not in the plan), and the needs were fitted on steps made,
-so the live rule sits near --scale 1.16. --predicted-loss is the alternative to the needs that
-benchmarks/README.md reports (GRU rows only; each grid is picked with the fit of all the others too).
+so the live rule sits near --scale 1.16 (the plan is net of validations and probe since; the replays use steps
+made). The rule ranks the shapes that make their need by the loss config.py fitted on these grids (the
+`--predicted-loss` fit); --held-out replays each grid with the fit of the others, so no grid picks with a
+loss it was fitted on. --predicted-loss drops the need and takes the lowest fitted loss of every GRU row
+(GRU rows only; each grid is picked with the fit of all the others too).
 """
 
 from __future__ import annotations
@@ -188,6 +193,22 @@ GRIDS: dict[str, list[Row]] = {
         ("lstm", 256, 16, 2382, 1.5669),
     ],
     "avx2k_15": [("gru", 256, 16, 6170, 1.4310), ("gru", 384, 16, 3642, 1.4144), ("gru", 512, 16, 2389, 1.4125)],
+    # the same AVX2 machine without dropout ("No dropout below eight passes" and "The needs without dropout"):
+    # fixed runs only, the mean where a shape ran more than once
+    "avx2d_1": [
+        ("gru", 128, 16, 897, 1.5960),
+        ("gru", 192, 16, 621, 1.5853),
+        ("gru", 256, 16, 476, 1.6124),
+        ("lstm", 192, 16, 789, 1.7473),
+    ],
+    "avx2d_2": [("gru", 192, 16, 1251, 1.5178), ("gru", 256, 16, 862, 1.5266), ("gru", 384, 16, 530, 1.5598)],
+    "avx2d_5": [
+        ("gru", 192, 16, 2970, 1.4427),
+        ("gru", 256, 16, 2055, 1.44355),
+        ("gru", 384, 16, 1203.5, 1.45965),
+        ("gru", 512, 16, 843, 1.4890),
+    ],
+    "avx2d_15": [("gru", 256, 16, 6580, 1.4180), ("gru", 384, 16, 3910, 1.3991)],
 }
 
 
@@ -196,11 +217,34 @@ def factor(scale: float | dict[Row, float], row: Row) -> float:
     return scale[row] if isinstance(scale, dict) else scale
 
 
-def pick(rows: list[Row], budget_s: float, scale: float | dict[Row, float] = 1.0) -> Row:
+def minutes(grid: str) -> float:
+    """A grid's budget: its name ends in it."""
+    return float(grid.split("_")[1])
+
+
+def held_out(grid: str) -> tuple[float, float, float, float]:
+    """The loss fitted on every grid but `grid` (fit_loss), to replay `grid` with a rule that never saw it."""
+    return fit_loss({g: rows for g, rows in GRIDS.items() if g != grid})
+
+
+def pick(
+    rows: list[Row],
+    budget_s: float,
+    scale: float | dict[Row, float] = 1.0,
+    fit: tuple[float, float, float, float] | None = None,
+) -> Row:
     """The row the rule takes when every run's speed is known exactly: the GRU's choice, or the LSTM's where
     the GRU falls short of its need and the LSTM makes more effective steps at AUTO_LSTM_STEP_WORTH (plan();
     none of these grids plans the 12 passes of the other branch). `scale`: one factor for every run's steps,
-    or one for each row (a probe that misreads each shape by its own amount)."""
+    or one for each row (a probe that misreads each shape by its own amount); `fit`: (A, alpha, B, beta) in
+    place of config's SIZING_LOSS_WIDTH and SIZING_LOSS_STEPS for this pick."""
+    if fit is not None:
+        saved = config.SIZING_LOSS_WIDTH, config.SIZING_LOSS_STEPS
+        config.SIZING_LOSS_WIDTH, config.SIZING_LOSS_STEPS = fit[:2], fit[2:]
+        try:
+            return pick(rows, budget_s, scale)
+        finally:
+            config.SIZING_LOSS_WIDTH, config.SIZING_LOSS_STEPS = saved
     by_shape = {cell: {Shape(2, r[1], r[2]): r for r in rows if r[0] == cell} for cell in ("gru", "lstm")}
 
     def choose(cell: str, worth: float) -> sizing.Choice | None:
@@ -303,6 +347,9 @@ def main() -> None:
     ap.add_argument("--wide-from", type=int, help="in place of config.SIZING_WIDE_FROM")
     ap.add_argument("--scale", type=float, default=1.0, help="multiply every run's steps by this before the rule")
     ap.add_argument("--predicted-loss", action="store_true", help="the fitted-loss rule in place of charrnn's")
+    ap.add_argument("--held-out", action="store_true", help="replay each grid with the loss fitted on the others")
+    ap.add_argument("--rank-from", type=int, help="in place of config.SIZING_RANK_FROM (0: rank every width)")
+    ap.add_argument("--largest", action="store_true", help="the largest shape that makes its need, not the ranked")
     ap.add_argument("--noise", type=float, help="replay each grid with every shape misread by its own factor")
     args = ap.parse_args()
     if args.anchors:
@@ -312,12 +359,19 @@ def main() -> None:
         config.SIZING_WIDTH_EXPONENT = args.width_exponent
     if args.wide_from is not None:
         config.SIZING_WIDE_FROM = args.wide_from
+    if args.rank_from is not None:
+        sizing.SIZING_RANK_FROM = args.rank_from
+    if args.largest:
+        config.SIZING_LOSS_STEPS = (0.0, 1.0)  # the width alone ranks: the largest shape that qualifies
     if args.noise is not None:
-        if args.predicted_loss:
+        if args.held_out and not args.predicted_loss:
+            fits = {g: held_out(g) for g in GRIDS}
+            out = noisy(lambda g, rows, k: pick(rows, minutes(g) * 60, k, fits[g]), args.noise, gru_only=False)
+        elif args.predicted_loss:
             fits = {g: fit_loss({k: v for k, v in GRIDS.items() if k != g}) for g in GRIDS}  # each held out
             out = noisy(lambda g, rows, k: pick_by_loss(rows, fits[g], k), args.noise, gru_only=True)
         else:
-            out = noisy(lambda g, rows, k: pick(rows, float(g.split("_")[1]) * 60, k), args.noise, gru_only=False)
+            out = noisy(lambda g, rows, k: pick(rows, minutes(g) * 60, k), args.noise, gru_only=False)
         print("RESULT " + json.dumps({"noise": args.noise, "predicted_loss": args.predicted_loss, "grids": out}))
         return
     if args.predicted_loss:
@@ -325,7 +379,7 @@ def main() -> None:
         return
     behind = {}
     for name, rows in GRIDS.items():
-        got = pick(rows, float(name.split("_")[1]) * 60, args.scale)
+        got = pick(rows, minutes(name) * 60, args.scale, held_out(name) if args.held_out else None)
         best = min(rows, key=lambda r: r[4])
         behind[name] = round(got[4] - best[4], 4)
         print(

@@ -171,7 +171,8 @@ GRU_DROPOUT_TOP = 0.15
 
 # Automatic shape (charrnn.sizing): the candidates, smallest first, and what one needs to be worth its cost.
 # On a CPU budget the number of updates matters more than their width, so a shape qualifies only if it
-# makes sizing_min_steps(budget, width) effective steps in the budget; the largest that qualifies wins.
+# makes sizing_min_steps(budget, width) effective steps in the budget; of those that qualify, the one with the
+# lowest predicted loss wins (SIZING_LOSS_WIDTH, below).
 # The need grows with the budget (compute-optimal training lets both the model and its updates grow;
 # Chinchilla's tokens grow as compute ** 0.5) and, beyond SIZING_WIDE_FROM units, with the width as
 # width ** SIZING_WIDTH_EXPONENT: a wider model has more to learn before its width pays. One need for
@@ -201,6 +202,29 @@ SIZING_WIDE_FROM = 256
 SIZING_WIDTH_EXPONENT = 0.5
 SIZING_LONG_EXPONENT = 0.5
 SIZING_REF_MINUTES = 5.0  # whose need --steps alone uses (no clock: any shape makes the steps it is given)
+# Among the shapes that make their need, the one with the lowest predicted loss (sizing_predicted_loss) wins,
+# not simply the largest. Whether a wider shape beats a narrower one depends on the steps the narrower one would
+# make too, and no threshold on the wider shape's own steps can say that for every machine: at 5 minutes 2x384
+# with 1,000 steps beat 2x256 with 1,374 on the Intel Xeon (1.37x the steps), while on the AVX2 machine without
+# dropout 2x256 with 2,110 beat 2x384 with 1,282 (1.65x); 2x512 with 1,536 beat 2x384 with 2,000 on the Zen 5
+# (1.30x), while on the Zen 4 2x384 with 2,603 beat 2x512 with 1,784 (1.46x). The shape's part of the final loss,
+#     A * (width / 256) ** -alpha + B * (effective steps / 1,000) ** -beta     (SIZING_LOSS_WIDTH = (A, alpha),
+# SIZING_LOSS_STEPS = (B, beta)), was fitted by least squares on the GRU rows of every grid, one level E per grid
+# for the machines and sessions (`python benchmarks/backtest.py --predicted-loss`; rmse 0.011, exponents on a
+# 0.1 grid). Only shapes at least SIZING_RANK_FROM units wide are ranked; 2x128 is the floor, taken where nothing
+# wider makes its need: its many cheap steps predict more than they gave (Zen 5, 1 minute: 2x128 with 846-969
+# steps ended 0.05 behind 2x256 with 527; the fit says 0.01 either way). Fed each grid's measured steps, with the
+# fit of every other grid (`backtest.py --held-out`), the rule takes a shape within 0.015 of the grid's best in 30
+# of 30 grids, a mean 0.0013 behind; the largest shape that makes its need did so in 29 (the AVX2 machine without
+# dropout at 5 minutes: 2x384, 0.017 behind), 0.0033 behind. With each shape's speed misread by a log-normal
+# factor of spread 0.15, about this VM's probe, 0.0073 against 0.0084 behind (benchmarks/README.md, "The shapes
+# ranked by a fitted loss"). Without the need the fit alone took too narrow shapes where steps were many and
+# cheap. As the budget or the speed grows every shape's steps grow alike and their term shrinks, so the width
+# weighs more: the rule stays monotone in both.
+SIZING_LOSS_WIDTH = (0.2254, 0.5)
+SIZING_LOSS_STEPS = (0.1928, 0.7)
+SIZING_RANK_FROM = 192
+
 # The steps a shape makes are planned net of what the budget spends outside training (sizing.Overhead): the
 # probe, and each validation inside the budget, a forward-only pass over the validation text that runs at
 # VALIDATION_SPEEDUP times the training chars/s. On the Zen 4, natively and as an AVX2 CPU, GRU 2x256-2x768 at
@@ -234,6 +258,13 @@ def sizing_min_steps(budget_s: float | None, width: float) -> float:
         (m0, s0), (m1, s1) = pts[i - 1], pts[i]
         need = s0 * (minutes / m0) ** (math.log(s1 / s0) / math.log(m1 / m0))
     return need * max(1.0, width / SIZING_WIDE_FROM) ** SIZING_WIDTH_EXPONENT
+
+
+def sizing_predicted_loss(width: float, effective_steps: float) -> float:
+    """A shape's part of its final loss (SIZING_LOSS_WIDTH, SIZING_LOSS_STEPS): only differences between shapes
+    on one machine were fitted, so it ranks shapes and means nothing alone."""
+    (a, alpha), (b, beta) = SIZING_LOSS_WIDTH, SIZING_LOSS_STEPS
+    return a * (width / 256) ** -alpha + b * (max(effective_steps, 1.0) / 1000) ** -beta
 
 
 # Automatic cell (no --model): the GRU learns more per step and wins short budgets; once its plan reads the

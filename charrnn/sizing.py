@@ -24,12 +24,14 @@ from charrnn.config import (
     AUTO_CELLS,
     AUTO_LSTM_STEP_WORTH,
     SIZING_BATCHES,
+    SIZING_RANK_FROM,
     SIZING_REF_BATCH,
     SIZING_SHAPES,
     VALIDATION_SPEEDUP,
     ModelConfig,
     TrainConfig,
     sizing_min_steps,
+    sizing_predicted_loss,
 )
 from charrnn.devices import autocast
 from charrnn.model import CharRNN, detach_state
@@ -138,6 +140,11 @@ def effective_steps(steps: float, shape: Shape, worth: float = 1.0) -> float:
     return steps * math.sqrt(shape.batch_size / SIZING_REF_BATCH) * worth
 
 
+def predicted_loss(steps: float, shape: Shape, worth: float = 1.0) -> float:
+    """What ranks the shapes that make their need (config.sizing_predicted_loss)."""
+    return sizing_predicted_loss(width(shape), effective_steps(steps, shape, worth))
+
+
 def width(shape: Shape) -> float:
     """The width of the two-layer stack with as many recurrent weights: a deeper shape needs as many steps as
     the wider one it matches (sizing_min_steps)."""
@@ -201,15 +208,19 @@ def choose(
     worth: float = 1.0,
     overhead: Overhead = NO_OVERHEAD,
 ) -> Choice:
-    """The largest shape that makes enough (effective) steps in the budget; among shapes of one size
-    the one with the most effective steps; when none makes enough, the one with the most. Pure: the
-    probe's measurements (or, under --steps alone, any rates) and what the budget spends outside
-    training in, the choice out."""
+    """Of the shapes at least SIZING_RANK_FROM wide that make enough (effective) steps in the budget, the one
+    with the lowest predicted loss (config.sizing_predicted_loss; where two tie, the larger, then the one with
+    more effective steps); where only narrower ones make enough, the largest of those; where none does, the
+    one with the most effective steps. Pure: the probe's measurements (or, under --steps alone, any rates) and
+    what the budget spends outside training in, the choice out."""
     if not rates:
         raise ValueError("no candidate shapes to choose from")
     plan = {s: planned_steps(r, s, seq_len, budget_s, max_steps, overhead) for s, r in rates.items()}
     ok = [s for s in plan if qualifies(plan[s], s, budget_s, worth)]
-    if ok:
+    ranked = [s for s in ok if width(s) >= SIZING_RANK_FROM]
+    if ranked:
+        best = min(ranked, key=lambda s: (predicted_loss(plan[s], s, worth), -size(s), -effective_steps(plan[s], s)))
+    elif ok:
         best = max(ok, key=lambda s: (size(s), effective_steps(plan[s], s)))
     else:
         best = max(plan, key=lambda s: (effective_steps(plan[s], s), -size(s)))
@@ -474,8 +485,10 @@ def probe(
 ) -> tuple[dict[Shape, float], float]:
     """Measure candidates from the cheapest up, batch by batch, until one can no longer make the steps it
     needs (a larger one, slower still, cannot either) or the probe's own time is spent. A wider batch
-    starts at the largest shape that already qualified, as no smaller one can be chosen: measuring from
-    the cheapest, a 1-minute probe spent its time on 2x128 and 2x192 at batch 32 and never reached 2x256.
+    starts at the shape the rule takes from what was measured so far: a smaller one wins only on its steps,
+    and it makes more of them at the narrower batch (unless the wider batch runs more chars/s, as on a GPU,
+    where the larger shapes are the ones that gain). Measuring from the cheapest, a 1-minute probe spent its
+    time on 2x128 and 2x192 at batch 32 and never reached 2x256.
     Returns the rates measured and the seconds the probe took (they count against the budget). `limit`:
     the probe's seconds, or a function of the rates measured so far that gives them (_cell_limit); `worth`:
     what a step of this cell counts for against the need (effective_steps); `overhead`: what the budget spends
@@ -485,9 +498,10 @@ def probe(
     limit_now = limit if callable(limit) else lambda rates, seconds=limit: seconds
     t0 = clock()
     rates: dict[Shape, float] = {}
-    largest = 0  # size of the largest shape that qualified: choose() never takes a smaller one
     for batch in sorted({s.batch_size for s in cands}):
-        for shape in [s for s in cands if s.batch_size == batch and size(s) >= largest]:
+        taken = choose(rates, seq_len, budget_s, max_steps, worth, overhead) if rates else None
+        floor = size(taken.shape) if taken and qualifies(taken.steps, taken.shape, budget_s, worth) else 0
+        for shape in [s for s in cands if s.batch_size == batch and size(s) >= floor]:
             if rates and clock() - t0 + _probe_cost(shape, rates, seq_len) > limit_now(rates):
                 break
             t_shape = clock()
@@ -495,7 +509,6 @@ def probe(
             log.debug("probe %s: %.0f chars/s in %.2f s", shape, rates[shape], clock() - t_shape)
             if not qualifies_at(rates[shape], shape, seq_len, budget_s, max_steps, worth, overhead):
                 break
-            largest = max(largest, size(shape))
     return rates, clock() - t0
 
 
