@@ -306,6 +306,28 @@ def test_a_two_minute_probe_reaches_the_shape_it_would_choose_with_every_speed_k
     assert all(sizing.size(s) >= largest_16 for s in seen if s.batch_size == 32)
 
 
+def test_a_wider_batch_is_probed_from_the_shape_the_rule_takes_not_the_largest_that_qualified():
+    """The AVX2 machine's 5 minutes: 2x384 and 2x256 both make their need at batch 16 and the rule takes 2x256.
+    Where batch 32 runs 1.5x the chars/s, 2x256 at batch 32 wins; probing batch 32 from 2x384, the largest that
+    qualified, never measured it."""
+    steps16 = {192: 2970, 256: 2055, 384: 1204, 512: 843}
+    rates = grid_rates(5, {(h, 16): n for h, n in steps16.items()})
+    rates |= {Shape(2, h, 32): 1.5 * rates[Shape(2, h, 16)] for h in steps16}
+    clock, seen = FakeClock(), []
+
+    def measure(shape):
+        seen.append(shape)
+        clock.now += 0.1
+        return rates[shape]
+
+    cands = [s for s in sizing.candidates("cpu", {}) if s in rates]
+    got, _ = sizing.probe(cands, measure, 128, 300.0, None, limit=60.0, clock=clock)
+    assert sizing.choose({s: r for s, r in rates.items() if s.batch_size == 16}, 128, 300.0, None).shape.hidden == 256
+    assert Shape(2, 256, 32) in seen
+    assert sizing.choose(got, 128, 300.0, None).shape == sizing.choose(rates, 128, 300.0, None).shape
+    assert sizing.choose(got, 128, 300.0, None).shape == Shape(2, 256, 32)
+
+
 def test_the_first_cell_gets_the_whole_probe_when_no_later_cell_can_be_needed():
     cands = sizing.candidates("cpu", {})
     first = {cands[0]: 30_000.0}  # 2x128, batch 16: 879 steps in 1 minute, more than its need of 500
