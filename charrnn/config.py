@@ -211,20 +211,20 @@ SIZING_REF_MINUTES = 5.0  # whose need --steps alone uses (no clock: any shape m
 #     A * (width / 256) ** -alpha + B * (effective steps / 1,000) ** -beta     (SIZING_LOSS_WIDTH = (A, alpha),
 # SIZING_LOSS_STEPS = (B, beta)), was fitted by least squares on the GRU rows of every grid, one level E per grid
 # for the machines and sessions (`python benchmarks/backtest.py --predicted-loss`; rmse 0.011, exponents on a
-# 0.1 grid). The minimum is flat: with the last three runs added, least squares prefers (0.4611, 0.3) and
-# (0.2722, 0.6) by an rmse of 0.010593 against 0.010605 for these. The two rank alike in every replay below (0.0073
+# 0.1 grid). The minimum is flat: with the last runs added, least squares prefers (0.4611, 0.3) and
+# (0.2722, 0.6) by an rmse of 0.010620 against 0.010624 for these. The two rank alike in every replay below (0.0073
 # and 0.0072 behind at spread 0.15), and these also take the Intel Xeon as AVX2's 5-minute best from the steps of
 # its fastest run (2x256 at batch 32, where the other takes 2x192, 0.018 behind), so these stay.
 # Only shapes at least SIZING_RANK_FROM units wide are ranked; 2x128 is the floor, taken where nothing wider
 # makes its need: its many cheap steps predict more than they gave (Zen 5, 1 minute: 2x128 with 846-969 steps
 # ended 0.05 behind 2x256 with 527; the fit says 0.01 either way). Fed each grid's measured steps, with the
 # fit of every other grid (`backtest.py --held-out`), the rule takes a shape within 0.015 of the grid's best in 30
-# of 30 grids, a mean 0.0013 behind; the largest shape that makes its need did so in 29 (the AVX2 machine without
-# dropout at 5 minutes: 2x384, 0.017 behind), 0.0033 behind. With each shape's speed misread by a log-normal
-# factor of spread 0.15, about this VM's probe, 0.0073 against 0.0084 behind (benchmarks/README.md, "The shapes
-# ranked by a fitted loss"). Without the need the fit alone took too narrow shapes where steps were many and
-# cheap. As the budget or the speed grows every shape's steps grow alike and their term shrinks, so the width
-# weighs more: the rule stays monotone in both.
+# of 30 grids, a mean 0.0013 behind; the largest shape that makes its need did so in 28 (the AVX2 machine without
+# dropout at 2 and 5 minutes: 2x256 and 2x384, 0.017 behind each), 0.0035 behind. With each shape's speed misread
+# by a log-normal factor of spread 0.15, about this VM's probe, 0.0074 against 0.0086 behind
+# (benchmarks/README.md, "The shapes ranked by a fitted loss"). Without the need the fit alone took too narrow
+# shapes where steps were many and cheap. As the budget or the speed grows every shape's steps grow alike and
+# their term shrinks, so the width weighs more: the rule stays monotone in both.
 SIZING_LOSS_WIDTH = (0.2254, 0.5)
 SIZING_LOSS_STEPS = (0.1928, 0.7)
 SIZING_RANK_FROM = 192
