@@ -9,6 +9,7 @@ config.py:
     python benchmarks/backtest.py                                      # the rule as it is
     python benchmarks/backtest.py --held-out      # each grid with the loss fitted on the others
     python benchmarks/backtest.py --largest       # the largest shape that makes its need, not the ranked
+    python benchmarks/backtest.py --fit 0.4611,0.3,0.2722,0.6   # another fitted loss in place of config.py's
     python benchmarks/backtest.py --largest --anchors 1:500,2:1000,5:1350 --width-exponent 0   # the first rule
     python benchmarks/backtest.py --scale 0.86    # every run's steps times 0.86 before the rule sees them
     python benchmarks/backtest.py --predicted-loss   # the lowest fitted loss of every GRU shape, no need
@@ -331,11 +332,11 @@ def predicted_loss(scale: float) -> dict[str, float]:
     for name, rows in GRIDS.items():
         best = min((r for r in rows if r[0] == "gru"), key=lambda r: r[4])
         inside = pick_by_loss(rows, fit, scale)
-        held_out = pick_by_loss(rows, fit_loss({g: r for g, r in GRIDS.items() if g != name}), scale)
-        behind[name] = round(held_out[4] - best[4], 4)
+        alone = pick_by_loss(rows, held_out(name), scale)
+        behind[name] = round(alone[4] - best[4], 4)
         print(
-            f"{name:11s} takes 2x{inside[1]} b{inside[2]} {inside[4]:.4f}, held out 2x{held_out[1]} b{held_out[2]} "
-            f"{held_out[4]:.4f}   best 2x{best[1]} b{best[2]} {best[4]:.4f}   {behind[name]:+.4f}"
+            f"{name:11s} takes 2x{inside[1]} b{inside[2]} {inside[4]:.4f}, held out 2x{alone[1]} b{alone[2]} "
+            f"{alone[4]:.4f}   best 2x{best[1]} b{best[2]} {best[4]:.4f}   {behind[name]:+.4f}"
         )
     return behind
 
@@ -349,9 +350,12 @@ def main() -> None:
     ap.add_argument("--predicted-loss", action="store_true", help="the fitted-loss rule in place of charrnn's")
     ap.add_argument("--held-out", action="store_true", help="replay each grid with the loss fitted on the others")
     ap.add_argument("--rank-from", type=int, help="in place of config.SIZING_RANK_FROM (0: rank every width)")
+    ap.add_argument("--fit", help="A,alpha,B,beta in place of config.SIZING_LOSS_WIDTH and SIZING_LOSS_STEPS")
     ap.add_argument("--largest", action="store_true", help="the largest shape that makes its need, not the ranked")
     ap.add_argument("--noise", type=float, help="replay each grid with every shape misread by its own factor")
     args = ap.parse_args()
+    if args.largest and args.held_out:  # a held-out fit would put back the steps term --largest takes out
+        ap.error("--largest ranks by width alone: it has no fit to hold out")
     if args.anchors:
         pts = [tuple(float(x) for x in p.split(":")) for p in args.anchors.split(",")]
         config.SIZING_MIN_STEPS = (*pts, *(p for p in config.SIZING_MIN_STEPS if p[0] > pts[-1][0]))
@@ -361,15 +365,18 @@ def main() -> None:
         config.SIZING_WIDE_FROM = args.wide_from
     if args.rank_from is not None:
         sizing.SIZING_RANK_FROM = args.rank_from
+    if args.fit:
+        a, alpha, b, beta = (float(x) for x in args.fit.split(","))
+        config.SIZING_LOSS_WIDTH, config.SIZING_LOSS_STEPS = (a, alpha), (b, beta)
     if args.largest:
         config.SIZING_LOSS_STEPS = (0.0, 1.0)  # the width alone ranks: the largest shape that qualifies
     if args.noise is not None:
-        if args.held_out and not args.predicted_loss:
+        if args.predicted_loss:  # each grid with the fit of the others
+            fits = {g: held_out(g) for g in GRIDS}
+            out = noisy(lambda g, rows, k: pick_by_loss(rows, fits[g], k), args.noise, gru_only=True)
+        elif args.held_out:
             fits = {g: held_out(g) for g in GRIDS}
             out = noisy(lambda g, rows, k: pick(rows, minutes(g) * 60, k, fits[g]), args.noise, gru_only=False)
-        elif args.predicted_loss:
-            fits = {g: fit_loss({k: v for k, v in GRIDS.items() if k != g}) for g in GRIDS}  # each held out
-            out = noisy(lambda g, rows, k: pick_by_loss(rows, fits[g], k), args.noise, gru_only=True)
         else:
             out = noisy(lambda g, rows, k: pick(rows, minutes(g) * 60, k), args.noise, gru_only=False)
         print("RESULT " + json.dumps({"noise": args.noise, "predicted_loss": args.predicted_loss, "grids": out}))

@@ -212,9 +212,10 @@ SIZING_REF_MINUTES = 5.0  # whose need --steps alone uses (no clock: any shape m
 # SIZING_LOSS_STEPS = (B, beta)), was fitted by least squares on the GRU rows of every grid, one level E per grid
 # for the machines and sessions (`python benchmarks/backtest.py --predicted-loss`; rmse 0.011, exponents on a
 # 0.1 grid). The minimum is flat: with the last runs added, least squares prefers (0.4611, 0.3) and
-# (0.2722, 0.6) by an rmse of 0.010620 against 0.010624 for these. The two rank alike in every replay below (0.0073
-# and 0.0072 behind at spread 0.15), and these also take the Intel Xeon as AVX2's 5-minute best from the steps of
-# its fastest run (2x256 at batch 32, where the other takes 2x192, 0.018 behind), so these stay.
+# (0.2722, 0.6) by an rmse of 0.010620 against 0.010624 for these. The two rank alike in every replay below
+# (0.0073 and 0.0074 behind at spread 0.15; `backtest.py --fit 0.4611,0.3,0.2722,0.6`), and these also take the
+# Intel Xeon as AVX2's 5-minute best from the steps of its fastest run (2x256 at batch 32, where the other takes
+# 2x192, 0.018 behind), so these stay.
 # Only shapes at least SIZING_RANK_FROM units wide are ranked; 2x128 is the floor, taken where nothing wider
 # makes its need: its many cheap steps predict more than they gave (Zen 5, 1 minute: 2x128 with 846-969 steps
 # ended 0.05 behind 2x256 with 527; the fit says 0.01 either way). Fed each grid's measured steps, with the
