@@ -428,11 +428,7 @@ def _report_copies(texts: list[str], model: Any, quiet: bool = False) -> list[An
         if quiet:
             break
         where = f"sample {i + 1}: " if len(texts) > 1 else ""
-        span = f": {escape(repr(c.span[:80]))}{'...' if len(c.span) > 80 else ''}" if c.longest else ""
-        err.print(
-            f"[dim]copy check: {where}longest span found verbatim in the training text {c.longest} characters"
-            f"{span}; {c.share:.0%} of its {c.windows} {copycheck.WINDOW}-character windows appear there[/]"
-        )
+        err.print(f"[dim]copy check: {where}{escape(c.summary())}[/]")
     return copies
 
 

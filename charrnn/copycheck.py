@@ -38,6 +38,16 @@ class Copy:
     def share(self) -> float:
         return self.found / self.windows if self.windows else 0.0
 
+    def summary(self) -> str:
+        """One line for the user. A longest span of 0 means none reached WINDOW characters: shorter spans are
+        not searched for (any word is in the corpus), so "0 characters" would misstate it."""
+        if self.longest:
+            span = f"{self.longest} characters: {self.span[:80]!r}{'...' if len(self.span) > 80 else ''}"
+        else:
+            span = f"none of {WINDOW} characters or more"
+        found = f"{self.share:.0%} of its {self.windows} {WINDOW}-character windows appear there"
+        return f"longest span found verbatim in the training text {span}; {found}"
+
     def as_dict(self) -> dict:
         return {"longest": self.longest, "span": self.span, "windows": self.windows, "share": round(self.share, 4)}
 

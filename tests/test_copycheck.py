@@ -28,7 +28,9 @@ def test_a_span_planted_in_the_corpus_is_found_whole(tmp_path):
     found = copycheck.check(text, [index])
     assert found.longest == 60 and found.span == planted
     assert found.windows == len(text) - 19 and found.found == 60 - 19
-    assert copycheck.check("XYZ" * 40, [index]).longest == 0
+    none = copycheck.check("XYZ" * 40, [index])
+    assert none.longest == 0 and "none of 20 characters or more;" in none.summary()
+    assert f"{found.longest} characters: " in found.summary()
     again = copycheck.CorpusIndex(tmp_path / "c.txt")  # from the cache
     assert copycheck.check(text, [again]) == found
 
