@@ -5,6 +5,10 @@ The plan counts quality.py's validations at --milestones, as a quality.py run's 
 `charrnn train`'s own).
 
     python benchmarks/probe.py ../shared/corpora/tinyshakespeare.txt --minutes 1 [--precision fp32]
+    python benchmarks/probe.py ../shared/corpora/tinyshakespeare.txt --minutes 1 --then 2x192
+
+--then LxH: after the plan, in the same process, the median chars/s of 24 training steps (after 4 untimed) of
+a GRU of that shape at batch 16: what the machine gave right after the probe read it.
 """
 
 from __future__ import annotations
@@ -14,8 +18,10 @@ import json
 import logging
 from pathlib import Path
 
-from charrnn import dataset, recipe
-from charrnn.config import TrainConfig
+import numpy as np
+
+from charrnn import dataset, recipe, sizing
+from charrnn.config import ModelConfig, TrainConfig
 from charrnn.devices import describe_cpu, pick_device, pick_dtype
 from charrnn.distributed import Dist
 
@@ -26,6 +32,7 @@ def main() -> None:
     ap.add_argument("--minutes", type=float, default=5.0)
     ap.add_argument("--precision", default="auto")
     ap.add_argument("--milestones", default="1,2,2.5,5,15", help="quality.py's validations, in minutes")
+    ap.add_argument("--then", default=None, help="LxH: time this GRU shape's steps after the plan")
     args = ap.parse_args()
     logging.basicConfig(format="  %(message)s")
     logging.getLogger("charrnn.sizing").setLevel(logging.DEBUG)
@@ -38,7 +45,17 @@ def main() -> None:
     vocab = {"vocab_size": len(ds.vocab)}
     plan = recipe._plan(vocab, {}, cfg, ds.train, device, dtype, Dist(), False, val_chars, milestones)
     print(f"  -> {plan.note}")
-    print("RESULT " + json.dumps({"minutes": args.minutes, "choice": plan.note, "cpu": describe_cpu()}))
+    then = None
+    if args.then:
+        layers, hidden = (int(x) for x in args.then.split("x"))
+        shape = sizing.Shape(layers, hidden, 16)
+        probe = sizing.Probe(ModelConfig(model="gru", dropout=0.0, **vocab), ds.train, cfg.seq_len, device, dtype)
+        step = probe._bench(shape)
+        times = [step() for _ in range(28)][4:]  # 4 untimed, as the probe's warm-up
+        then = shape.batch_size * cfg.seq_len / float(np.median(times))
+        print(f"  then GRU {shape}: {then:,.0f} chars/s (median of 24 steps)")
+    result = {"minutes": args.minutes, "choice": plan.note, "then_chars_per_s": then, "cpu": describe_cpu()}
+    print("RESULT " + json.dumps(result))
 
 
 if __name__ == "__main__":
