@@ -34,8 +34,10 @@ def main() -> None:
     ap.add_argument("--minutes", type=float, default=None, help="a time budget (default: 10, unless --steps)")
     args, extra = ap.parse_known_args()
     model_flags, train_flags = parse_flags(extra)
-    if args.minutes is not None or "steps" not in train_flags:
-        train_flags["minutes"] = 10.0 if args.minutes is None else args.minutes
+    if args.minutes is not None:
+        train_flags["minutes"] = args.minutes
+    elif "steps" not in train_flags:
+        train_flags["minutes"] = 10.0
     out = Path(tempfile.mkdtemp(prefix="charrnn-bundled-")) / "run"
     result = train(CORPORA, model_flags, train_flags, out=out)
     ckpt = checkpoint.load(out / "best.pt")
